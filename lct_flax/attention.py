@@ -1,0 +1,158 @@
+"""Channel-attention blocks: LCT (Ruan et al., AAAI 2020, eqs. 2-5), SE and SE+ (Table 4).
+
+All blocks take NHWC activations and return them rescaled per channel. Context pooling and group
+statistics are computed in float32 whatever the activation dtype; the output keeps the activation
+dtype. Nothing here knows about training, so the blocks can be used alone in a notebook.
+"""
+
+from __future__ import annotations
+
+import functools
+import dataclasses
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lct_flax import layers
+
+
+def check_groups(block: str, channels: int, groups: int) -> None:
+  """Refuses group settings under which the group normalisation of eq. (2) is undefined or trivial.
+
+  With one channel per group the normalised context (z - mu) / sigma is identically zero, so the
+  attention would ignore its input; G must divide C (groups are contiguous channel ranges, m = C/G).
+  """
+  if groups < 1 or channels % groups != 0:
+    raise ValueError(
+        f"{block}: {groups} groups do not divide {channels} channels; "
+        f"choose groups that divide {channels} (e.g. groups={_largest_valid_groups(channels)}).")
+  if channels // groups < 2:
+    raise ValueError(
+        f"{block}: {channels} channels in {groups} groups leave {channels // groups} channel per "
+        f"group, where the normalised context is identically 0; use groups <= {channels // 2}.")
+
+
+def _largest_valid_groups(channels: int) -> int:
+  return max((g for g in range(1, channels // 2 + 1) if channels % g == 0), default=1)
+
+
+def check_reduction(block: str, channels: int, reduction: int) -> None:
+  """Refuses an SE reduction that leaves no hidden unit (C // r < 1)."""
+  if reduction < 1 or channels // reduction < 1:
+    raise ValueError(
+        f"{block}: reduction {reduction} leaves {channels // max(reduction, 1)} hidden units for "
+        f"{channels} channels; use reduction <= {channels}.")
+
+
+def normalize_groups(z: jax.Array, groups: int, epsilon: float) -> jax.Array:
+  """Eqs. (2)-(3): normalise the pooled context z of shape (N, C) within G contiguous groups.
+
+  Group i holds channels [i*m, (i+1)*m) with m = C/G; its mean and biased variance are taken over
+  those m values and epsilon sits inside the square root. Computed in float32.
+  """
+  n, c = z.shape
+  v = z.astype(jnp.float32).reshape(n, groups, c // groups)
+  mu = jnp.mean(v, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(v - mu), axis=-1, keepdims=True)
+  return ((v - mu) * jax.lax.rsqrt(var + epsilon)).reshape(n, c)
+
+
+def _constant(value: float) -> Callable[..., jax.Array]:
+  return lambda key, shape, dtype=jnp.float32: jnp.full(shape, value, dtype)
+
+
+class LCT(nn.Module):
+  """Linear Context Transform block (Fig. 2; eqs. 2-5).
+
+  z = global average pool of x (context aggregation); zhat = group-normalised z (eqs. 2-3);
+  a = w * zhat + b, one (w, b) pair per channel (eq. 4); y = x * sigmoid(a) (eq. 5).
+  Table 5's best initialisation w=0, b=1 is the default. `use_norm=False` is Table 3's
+  "w/o normalization" (a = w * z + b); `use_transform=False` is "w/o transform" (a = zhat, no
+  parameters).
+  """
+  groups: int = 64
+  epsilon: float = 1e-5
+  w_init: float = 0.0
+  b_init: float = 1.0
+  use_norm: bool = True
+  use_transform: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    if self.use_norm:
+      check_groups("LCT", channels, self.groups)
+    z = layers.GlobalAvgPool(name="pool")(x)
+    a = normalize_groups(z, self.groups, self.epsilon) if self.use_norm else z
+    if self.use_transform:
+      w = self.param("w", _constant(self.w_init), (channels,), jnp.float32)
+      b = self.param("b", _constant(self.b_init), (channels,), jnp.float32)
+      a = w * a + b
+    return _rescale(self, x, a)
+
+
+class SE(nn.Module):
+  """Squeeze-and-Excitation block (eq. 1) as in SENet and timm's SE-ResNet.
+
+  y = x * sigmoid(W2 relu(W1 z + b1) + b2) with W1: C -> C/r and W2: C/r -> C, both with biases.
+  `use_norm=True` is SE+ of Table 4: the pooled context is group-normalised as in LCT (eqs. 2-3,
+  G=`groups`) before the first FC layer.
+  """
+  reduction: int = 16
+  use_norm: bool = False
+  groups: int = 64
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    name = "SE+" if self.use_norm else "SE"
+    check_reduction(name, channels, self.reduction)
+    if self.use_norm:
+      check_groups(name, channels, self.groups)
+    z = layers.GlobalAvgPool(name="pool")(x)
+    if self.use_norm:
+      z = normalize_groups(z, self.groups, self.epsilon)
+    dense = functools.partial(nn.Dense, dtype=x.dtype, param_dtype=jnp.float32,
+                              kernel_init=layers.he_fan_out_normal)
+    h = layers.ReLU(name="relu")(dense(channels // self.reduction, name="fc1")(z))
+    return _rescale(self, x, dense(channels, name="fc2")(h))
+
+
+def _rescale(block: nn.Module, x: jax.Array, a: jax.Array) -> jax.Array:
+  """Eq. (5): y = x * sigmoid(a), per channel. The attention values (N, C), float32, are sown into
+  the "intermediates" collection (kept only when it is mutable, e.g. for the Fig. 3 analysis)."""
+  attention = nn.sigmoid(a.astype(jnp.float32))
+  block.sow("intermediates", "attention", attention)
+  return x * attention[:, None, None, :].astype(x.dtype)
+
+
+ATTENTION_BLOCKS: dict[str, Optional[Callable[..., nn.Module]]] = {
+    "none": None,
+    "se": SE,
+    "se_norm": functools.partial(SE, use_norm=True),
+    "lct": LCT,
+}
+
+# Submodule name of each block inside a residual block, as in the torchvision/timm state dicts.
+ATTENTION_MODULE_NAMES = {"se": "se", "se_norm": "se", "lct": "lct"}
+
+
+def attention_factory(attention: Optional[str], **kwargs) -> Optional[Callable[..., nn.Module]]:
+  """Returns a constructor for the named attention block with `kwargs` bound, or None."""
+  key = "none" if attention is None else attention
+  if key not in ATTENTION_BLOCKS:
+    raise ValueError(f"unknown attention {attention!r}; choose one of {sorted(ATTENTION_BLOCKS)}.")
+  block = ATTENTION_BLOCKS[key]
+  if block is None:
+    if kwargs:
+      raise ValueError(f"attention 'none' takes no options, got {sorted(kwargs)}.")
+    return None
+  cls = block.func if isinstance(block, functools.partial) else block
+  options = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(kwargs) - options)
+  if unknown:
+    raise ValueError(f"attention {key!r} has no option(s) {unknown}; its options are {sorted(options)}.")
+  return functools.partial(block, **kwargs)

@@ -1,0 +1,119 @@
+"""Parameter-free layers and initialisers shared by the attention blocks and the ResNets.
+
+ReLU and the pooling layers are modules (not bare functions) so that the operation counter in
+`lct_flax.flops` sees them, as ptflops sees torch's `nn.ReLU`, `nn.MaxPool2d` and
+`nn.AdaptiveAvgPool2d` modules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: an untruncated normal with
+# variance 2 / fan_out, as torchvision and timm initialise every convolution.
+he_fan_out_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# PyTorch's default `nn.Linear` weight init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_linear_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_linear_bias(fan_in: int):
+  """PyTorch's default `nn.Linear` bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class ReLU(nn.Module):
+  """max(x, 0)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.relu(x)
+
+
+class MaxPool(nn.Module):
+  """3x3 max-pool, stride 2, symmetric padding 1 (torchvision's stem), padding with -inf."""
+  window: int = 3
+  stride: int = 2
+  padding: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pad = ((self.padding, self.padding),) * 2
+    return nn.max_pool(x, (self.window,) * 2, (self.stride,) * 2, padding=pad)
+
+
+class GlobalAvgPool(nn.Module):
+  """Mean over H and W of an NHWC tensor, accumulated in float32; returns (N, C) float32."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation with PyTorch's semantics (torch.nn.BatchNorm2d), NHWC.
+
+  Training normalises with the batch mean and biased variance; the running statistics are updated
+  as `running = momentum * running + (1 - momentum) * batch` (flax's convention: 0.9 here is
+  PyTorch's momentum 0.1) with the *unbiased* batch variance, as PyTorch does. Statistics are in
+  float32 whatever the activation dtype. `group_size` normalises each run of `group_size`
+  consecutive examples with its own statistics (the per-GPU BatchNorm of multi-GPU PyTorch
+  training); None uses the whole (global) batch. Variables are named as flax's BatchNorm's:
+  params `scale`, `bias`; batch_stats `mean`, `var`.
+  """
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  group_size: int | None = None
+  scale_init: nn.initializers.Initializer = nn.initializers.ones
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      mean, var, count = _group_moments(xf, self.group_size)
+      if not self.is_initializing():
+        m = self.momentum
+        unbiased = var * (count / max(count - 1, 1))
+        running_mean.value = m * running_mean.value + (1 - m) * jnp.mean(mean, axis=0)
+        running_var.value = m * running_var.value + (1 - m) * jnp.mean(unbiased, axis=0)
+      mean, var = _expand_groups(mean, x.shape), _expand_groups(var, x.shape)
+    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
+def _group_moments(x: jax.Array, group_size: int | None):
+  """Mean and biased variance per group of examples: shapes (num_groups, C), plus the count."""
+  n = x.shape[0]
+  g = n if group_size is None else group_size
+  if g < 1 or n % g:
+    raise ValueError(f"BatchNorm: batch of {n} examples does not split into groups of {group_size}; "
+                     f"set bn_group_size to a divisor of the per-step batch.")
+  xg = x.reshape((n // g, -1, x.shape[-1]))
+  mean = jnp.mean(xg, axis=1)
+  var = jnp.mean(jnp.square(xg - mean[:, None, :]), axis=1)
+  return mean, var, xg.shape[1]
+
+
+def _expand_groups(stat: jax.Array, shape) -> jax.Array:
+  """(num_groups, C) -> broadcastable against the NHWC batch it was computed from."""
+  num_groups = stat.shape[0]
+  per_group = shape[0] // num_groups
+  return jnp.repeat(stat, per_group, axis=0).reshape((shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],))
