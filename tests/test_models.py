@@ -1,0 +1,184 @@
+"""ResNet v1.5 family: Table 1 parameter counts, shapes and dtypes, BatchNorm semantics, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lct_flax import flops
+from lct_flax import layers
+from lct_flax import models
+
+DEPTHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+ATTENTIONS = [None, "se", "se_norm", "lct"]
+
+
+def attention_options(name, attention):
+  # Plain ResNet-18/34 blocks have 64 channels: G=64 would leave one channel per group.
+  if attention in ("lct", "se_norm") and not models.BOTTLENECK[name]:
+    return {"groups": 32}
+  return {}
+
+
+def abstract_variables(model, shape=(2, 224, 224, 3), train=False):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=train))
+
+
+@pytest.mark.parametrize("key,expected", list(flops.PAPER_TABLE1.items()))
+def test_table1_parameter_counts(key, expected):
+  name, attention = key
+  counts = flops.count(models.create_model(name, attention=attention))
+  assert abs(counts.params / 1e6 - expected[0]) <= 0.01
+
+
+@pytest.mark.parametrize("name", DEPTHS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_forward_shapes_and_dtypes_every_depth_and_attention(name, attention, dtype):
+  model = models.create_model(name, attention=attention, num_classes=10, dtype=dtype,
+                              **attention_options(name, attention))
+  x = jnp.zeros((2, 64, 64, 3))
+  variables = abstract_variables(model, x.shape)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+  logits, state = jax.eval_shape(
+      lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables)
+  assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+  assert jax.tree.structure(state["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+
+
+def test_attention_sits_on_block_output_channels_before_the_residual_add():
+  model = models.create_model("resnet50", attention="lct")
+  params = abstract_variables(model)["params"]
+  assert params["layer1_0"]["lct"]["w"].shape == (256,)
+  assert params["layer4_2"]["lct"]["b"].shape == (2048,)
+  se = abstract_variables(models.create_model("resnet50", attention="se"))["params"]
+  assert se["layer3_0"]["se"]["fc1"]["kernel"].shape == (1024, 64)
+
+
+def test_torchvision_geometry_stem_and_strides():
+  model = models.create_model("resnet50")
+  variables = abstract_variables(model)
+  params = variables["params"]
+  assert params["conv1"]["kernel"].shape == (7, 7, 3, 64)
+  assert params["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 128, 128)    # stride on the 3x3
+  assert params["layer2_0"]["downsample_conv"]["kernel"].shape == (1, 1, 256, 512)
+  _, inter = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 224, 224, 3)),
+                                                  capture_intermediates=True,
+                                                  mutable=["intermediates"]), variables)
+  inter = inter["intermediates"]
+  assert inter["conv1"]["__call__"][0].shape == (1, 112, 112, 64)
+  assert inter["maxpool"]["__call__"][0].shape == (1, 56, 56, 64)
+  assert inter["layer2_0"]["conv1"]["__call__"][0].shape == (1, 56, 56, 128)
+  assert inter["layer2_0"]["conv2"]["__call__"][0].shape == (1, 28, 28, 128)
+  assert inter["layer4_2"]["__call__"][0].shape == (1, 7, 7, 2048)
+
+
+def test_stride_two_padding_is_symmetric_as_in_pytorch():
+  # 'SAME' pads (2, 3) for a 7x7/2 conv on even inputs; PyTorch pads (3, 3). A one-hot input at the
+  # top-left pixel shows the difference: only symmetric padding makes output (0, 0) see it at
+  # kernel tap (3, 3).
+  model = models.create_model("resnet18", num_classes=2, width=0.25)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  kernel = np.zeros((7, 7, 3, 16), np.float32)
+  kernel[3, 3, 0, 0] = 1.0
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  x[0, 0, 0, 0] = 1.0
+  params = jax.tree.map(lambda p: p, variables["params"])
+  params["conv1"]["kernel"] = jnp.asarray(kernel)
+  _, inter = model.apply({**variables, "params": params}, jnp.asarray(x),
+                         capture_intermediates=True, mutable=["intermediates"])
+  stem = np.asarray(inter["intermediates"]["conv1"]["__call__"][0])
+  assert stem[0, 0, 0, 0] == 1.0 and stem.sum() == 1.0
+
+
+def test_init_statistics_follow_torchvision():
+  model = models.create_model("resnet18", num_classes=1000)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  kernel = np.asarray(variables["params"]["layer3_1"]["conv1"]["kernel"])     # 3x3, 256 -> 256
+  np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (9 * 256)), rtol=0.02)
+  assert np.abs(kernel).max() > 2.5 * kernel.std()                            # untruncated normal
+  fc = np.asarray(variables["params"]["fc"]["kernel"])
+  assert np.abs(fc).max() <= 1 / np.sqrt(512) and fc.std() > 0.9 / np.sqrt(3 * 512)
+  np.testing.assert_array_equal(variables["params"]["layer1_0"]["bn2"]["scale"], np.ones(64))
+  zero_init = models.create_model("resnet18", zero_init_last_bn=True)
+  zero = zero_init.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]["layer1_0"]
+  np.testing.assert_array_equal(zero["bn2"]["scale"], np.zeros(64))
+  np.testing.assert_array_equal(zero["bn1"]["scale"], np.ones(64))
+
+
+def test_tiny_model_runs_in_bfloat16_with_float32_parameters():
+  model = models.create_model("resnet18", attention="lct", num_classes=10, width=0.25,
+                              small_stem=True, dtype=jnp.bfloat16, groups=4)
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  variables = model.init(jax.random.key(1), x)
+  logits, state = model.apply(variables, x, train=True,
+                              mutable=["batch_stats", "intermediates"])
+  assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+  att = state["intermediates"]["layer1_0"]["lct"]["attention"][0]
+  assert att.shape == (4, 16) and att.dtype == jnp.float32
+  stats = state["batch_stats"]["layer1_0"]["bn1"]
+  assert stats["mean"].dtype == jnp.float32
+  assert not np.allclose(stats["mean"], 0.0)   # running statistics were updated
+  f32 = models.create_model("resnet18", attention="lct", num_classes=10, width=0.25,
+                            small_stem=True, groups=4)
+  logits32 = f32.apply(variables, x, train=False)
+  np.testing.assert_allclose(model.apply(variables, x), logits32, rtol=0.1, atol=0.1)
+
+
+def numpy_torch_batchnorm(x, running_mean, running_var, momentum=0.1, eps=1e-5):
+  """torch.nn.BatchNorm2d.train() forward and running-statistics update, NHWC, float64."""
+  x = x.astype(np.float64)
+  mean = x.mean(axis=(0, 1, 2))
+  var = x.var(axis=(0, 1, 2))
+  n = x.size // x.shape[-1]
+  y = (x - mean) / np.sqrt(var + eps)
+  new_mean = (1 - momentum) * running_mean + momentum * mean
+  new_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+  return y, new_mean, new_var
+
+
+def test_batchnorm_matches_pytorch_semantics():
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, size=(8, 5, 5, 4)).astype(np.float32)
+  bn = layers.BatchNorm(use_running_average=False)
+  variables = bn.init(jax.random.key(0), jnp.asarray(x))
+  y, state = bn.apply(variables, jnp.asarray(x), mutable=["batch_stats"])
+  ey, emean, evar = numpy_torch_batchnorm(x, np.zeros(4), np.ones(4))
+  np.testing.assert_allclose(np.asarray(y), ey, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(state["batch_stats"]["mean"], emean, rtol=1e-5)
+  np.testing.assert_allclose(state["batch_stats"]["var"], evar, rtol=1e-5)
+  eval_y = layers.BatchNorm(use_running_average=True).apply(
+      {**variables, "batch_stats": state["batch_stats"]}, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(eval_y),
+                             (x - emean) / np.sqrt(evar + 1e-5), rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_group_statistics_are_per_group_of_examples():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(8, 3, 3, 4)).astype(np.float32)
+  x[4:] += 10.0
+  bn = layers.BatchNorm(use_running_average=False, group_size=4)
+  variables = bn.init(jax.random.key(0), jnp.asarray(x))
+  y, state = bn.apply(variables, jnp.asarray(x), mutable=["batch_stats"])
+  first, mean0, var0 = numpy_torch_batchnorm(x[:4], np.zeros(4), np.ones(4))
+  second, mean1, var1 = numpy_torch_batchnorm(x[4:], np.zeros(4), np.ones(4))
+  np.testing.assert_allclose(np.asarray(y), np.concatenate([first, second]), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(state["batch_stats"]["mean"], (mean0 + mean1) / 2, rtol=1e-5)
+  np.testing.assert_allclose(state["batch_stats"]["var"], (var0 + var1) / 2, rtol=1e-5)
+  with pytest.raises(ValueError, match="batch of 8 examples does not split into groups of 3"):
+    layers.BatchNorm(use_running_average=False, group_size=3).init(jax.random.key(0), x)
+
+
+def test_invalid_model_settings_raise_clear_errors():
+  with pytest.raises(ValueError, match="unknown model 'resnet20'"):
+    models.create_model("resnet20")
+  with pytest.raises(ValueError, match="unknown attention 'cbam'"):
+    models.create_model("resnet50", attention="cbam")
+  with pytest.raises(ValueError, match=r"LCT: 64 channels in 64 groups leave 1 channel per group"):
+    abstract_variables(models.create_model("resnet18", attention="lct"))
+  with pytest.raises(ValueError, match=r"LCT: 48 groups do not divide 256 channels"):
+    abstract_variables(models.create_model("resnet50", attention="lct", groups=48))
+  with pytest.raises(ValueError, match=r"SE: reduction 512 leaves 0 hidden units for 256"):
+    abstract_variables(models.create_model("resnet50", attention="se", reduction=512))
