@@ -1,0 +1,628 @@
+"""tfds -> per-process batches: the paper's ImageNet preprocessing, padded exact eval, resumable train.
+
+Preprocessing (as in the paper's PyTorch/torchvision recipe):
+
+* train: ``RandomResizedCrop(224, scale=(0.08, 1), ratio=(3/4, 4/3))`` (10 attempts, centre-crop
+  fallback, exactly torchvision's rule) + random horizontal flip;
+* eval: resize the shorter side to 256 (``image_size / 0.875``), centre crop 224;
+* both: normalise with the ImageNet RGB mean/std, float32 NHWC output.
+
+Resizing is bilinear with antialiasing (``tf.image.resize(..., antialias=True)``), which matches
+PIL's bilinear filter that torchvision applies to PIL images, the path the paper's pipeline used.
+JPEG training images are decoded only inside their crop window (``decode_and_crop_jpeg``); other
+formats (the PNGs of ``sklearn_digits``) are decoded whole and then cropped.
+
+Determinism: the augmentation randomness is stateless, derived from ``(seed, epoch, position of
+the example within the epoch)``; files and the shuffle buffer are shuffled with a seed derived from
+``(seed, epoch)``. The same seed gives the same batches whatever the threading; ``start_step``
+resumes the stream exactly.
+
+Multi-host: every process reads its own disjoint share of each split (``tfds.even_splits``) and
+yields host-local batches of ``global_batch_size // process_count`` examples; ``prefetch_to_mesh``
+assembles them into global ``jax.Array``s.
+
+Undecodable images are skipped and counted (``num_skipped`` on the iterators, plus a warning):
+in eval they are masked out; in train a batch fills their slots with copies of its decodable
+examples, so batch shapes and the resumable step structure never change.
+
+Prepare a dataset once before training, e.g. ImageNet from the two ILSVRC2012 tars in DIR::
+
+  python -m lct_flax.input_pipeline --dataset=imagenet2012 --data_dir=DATA --manual_dir=DIR
+"""
+
+import collections
+import dataclasses
+import itertools
+import math
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_dict
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from lct_flax import datasets as _datasets  # noqa: F401  (registers sklearn_digits with tfds)
+
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+CROP_ATTEMPTS = 10
+
+# Datasets that tfds can only prepare from files the user downloads by hand.
+MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
+
+_UNDECODABLE = "_undecodable"
+
+
+def _hide_gpus_from_tensorflow():
+  """tf.data runs on the host; keep TensorFlow from reserving accelerator memory JAX needs."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError as error:  # TensorFlow had already initialised its devices.
+    logging.warning("Could not hide GPUs from TensorFlow: %s", error)
+
+
+_hide_gpus_from_tensorflow()
+
+
+class DatasetError(ValueError):
+  """A dataset is missing, unprepared, or cannot be split as asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Sizes a trainer needs, from tfds' ``builder.info``."""
+
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+
+
+def default_dataset_config(name="imagenet2012", **overrides):
+  """The ``dataset`` ConfigDict with every field this module reads, defaults as in the paper.
+
+  ``eval_split`` is "validation" for imagenet2012 and "test" otherwise. ``resize_size`` None means
+  ``round(image_size / 0.875)`` (256 for 224). ``mean``/``std`` are RGB in 0..255 scale.
+  ``cache`` keeps the encoded training records in memory across epochs (small datasets only).
+  """
+  config = config_dict.ConfigDict({
+      "name": name,
+      "data_dir": config_dict.placeholder(str),
+      "manual_dir": config_dict.placeholder(str),
+      "train_split": "train",
+      "eval_split": "validation" if name == "imagenet2012" else "test",
+      "image_size": 224,
+      "resize_size": config_dict.placeholder(int),
+      "crop_area_range": (0.08, 1.0),
+      "aspect_ratio_range": (3 / 4, 4 / 3),
+      "random_flip": True,
+      "shuffle_buffer": 16 * 1024,
+      "cache": False,
+      "mean": IMAGENET_MEAN_RGB,
+      "std": IMAGENET_STDDEV_RGB,
+  })
+  config.update(overrides)
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """A dataset config resolved: every field present, derived values computed."""
+
+  name: str
+  data_dir: str | None
+  manual_dir: str | None
+  train_split: str
+  eval_split: str
+  image_size: int
+  resize_size: int
+  crop_area_range: tuple
+  aspect_ratio_range: tuple
+  random_flip: bool
+  shuffle_buffer: int
+  cache: bool
+  mean: tuple
+  std: tuple
+
+
+def _settings(dataset_config):
+  defaults = default_dataset_config(dataset_config.name)
+  values = {field.name: dataset_config.get(field.name, defaults[field.name])
+            for field in dataclasses.fields(_Settings)}
+  if values["resize_size"] is None:
+    values["resize_size"] = int(round(values["image_size"] / 0.875))
+  if values["resize_size"] < values["image_size"]:
+    raise DatasetError(f"dataset.resize_size={values['resize_size']} is smaller than "
+                       f"dataset.image_size={values['image_size']}.")
+  for key in ("crop_area_range", "aspect_ratio_range", "mean", "std"):
+    values[key] = tuple(float(v) for v in values[key])
+  return _Settings(**values)
+
+
+def _count(process_count):
+  return jax.process_count() if process_count is None else process_count
+
+
+def _process(process_index, process_count):
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = _count(process_count)
+  if not 0 <= process_index < process_count:
+    raise DatasetError(f"process_index={process_index} not in [0, {process_count}).")
+  return process_index, process_count
+
+
+def _local_batch_size(global_batch_size, process_count):
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise DatasetError(f"Global batch size {global_batch_size} is not a positive multiple of the "
+                       f"process count {process_count}.")
+  return global_batch_size // process_count
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders and preparation.
+
+
+def _builder(settings):
+  return tfds.builder(settings.name, data_dir=settings.data_dir)
+
+
+def _manual_dir(settings, builder):
+  if settings.manual_dir:
+    return os.path.expanduser(settings.manual_dir)
+  return os.fspath(builder.data_dir_root / "downloads" / "manual")
+
+
+def _prepare_command(settings, manual_dir):
+  command = f"python -m lct_flax.input_pipeline --dataset={settings.name}"
+  if settings.data_dir:
+    command += f" --data_dir={settings.data_dir}"
+  if settings.name in MANUAL_FILES:
+    command += f" --manual_dir={manual_dir}"
+  return command
+
+
+def _missing_manual_files(settings, manual_dir):
+  return [f for f in MANUAL_FILES.get(settings.name, ())
+          if not tf.io.gfile.exists(os.path.join(manual_dir, f))]
+
+
+def _missing_files_message(settings, manual_dir):
+  files = " and ".join(MANUAL_FILES[settings.name])
+  return (f"{settings.name} is not prepared and {manual_dir} lacks {files}: put both files in "
+          f"{manual_dir} (or point dataset.manual_dir at them) and run "
+          f"`{_prepare_command(settings, manual_dir)}`.")
+
+
+def _prepared_builder(settings):
+  """The tfds builder of a prepared dataset; DatasetError saying how to prepare it otherwise."""
+  builder = _builder(settings)
+  if builder.is_prepared():
+    return builder
+  manual_dir = _manual_dir(settings, builder)
+  if _missing_manual_files(settings, manual_dir):
+    raise DatasetError(_missing_files_message(settings, manual_dir))
+  raise DatasetError(f"{settings.name} is not prepared in {builder.data_dir_root}: run "
+                     f"`{_prepare_command(settings, manual_dir)}` once.")
+
+
+def prepare_dataset(dataset_config):
+  """Downloads and prepares the dataset once (a no-op when it is already prepared).
+
+  imagenet2012 is built from ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in
+  ``dataset.manual_dir`` (default ``<data_dir>/downloads/manual``) and never touches the network;
+  if either tar is missing this raises DatasetError naming the directory and both files. Other
+  tfds datasets download as tfds does; ``sklearn_digits`` is built from scikit-learn's bundled
+  copy. Run it on one process (or before launching) when processes share ``data_dir``.
+  """
+  settings = _settings(dataset_config)
+  builder = _builder(settings)
+  if builder.is_prepared():
+    logging.info("%s is already prepared in %s.", settings.name, builder.data_dir)
+    return
+  manual_dir = _manual_dir(settings, builder)
+  if _missing_manual_files(settings, manual_dir):
+    raise DatasetError(_missing_files_message(settings, manual_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+
+
+def _process_splits(split, process_count):
+  return tfds.even_splits(split, n=process_count)
+
+
+def _share_sizes(builder, split, process_count):
+  """Examples in each process's share of ``split``."""
+  return [builder.info.splits[s].num_examples for s in _process_splits(split, process_count)]
+
+
+def get_dataset_info(dataset_config):
+  """Number of classes and train/eval split sizes, from the prepared dataset's ``builder.info``."""
+  settings = _settings(dataset_config)
+  builder = _prepared_builder(settings)
+  return DatasetInfo(
+      num_classes=builder.info.features["label"].num_classes,
+      num_train_examples=builder.info.splits[settings.train_split].num_examples,
+      num_eval_examples=builder.info.splits[settings.eval_split].num_examples)
+
+
+def _steps_per_epoch(builder, settings, local_batch, process_count):
+  steps = min(_share_sizes(builder, settings.train_split, process_count)) // local_batch
+  if steps == 0:
+    raise DatasetError(f"{settings.name}:{settings.train_split} has fewer examples per process "
+                       f"than the local batch size {local_batch}.")
+  return steps
+
+
+def steps_per_epoch(dataset_config, global_batch_size, process_count=None):
+  """Train steps per epoch: the smallest process share // local batch (same on every process)."""
+  settings = _settings(dataset_config)
+  process_count = _count(process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  return _steps_per_epoch(_prepared_builder(settings), settings, local_batch, process_count)
+
+
+def _num_eval_batches(builder, settings, local_batch, process_count):
+  return math.ceil(max(_share_sizes(builder, settings.eval_split, process_count)) / local_batch)
+
+
+def num_eval_batches(dataset_config, global_batch_size, process_count=None):
+  """Batches ``create_eval_iterator`` yields on every process (the largest share, padded)."""
+  settings = _settings(dataset_config)
+  process_count = _count(process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  return _num_eval_batches(_prepared_builder(settings), settings, local_batch, process_count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing: pure TensorFlow functions of encoded image bytes.
+
+
+def random_resized_crop_window(seed, height, width, area_range, ratio_range,
+                               attempts=CROP_ATTEMPTS):
+  """``[top, left, crop_height, crop_width]`` (int32) by torchvision's RandomResizedCrop rule.
+
+  Up to ``attempts`` candidates: area ``U(area_range) * height * width``, aspect ratio
+  ``exp(U(log ratio_range))``, sides rounded; the first that fits is placed uniformly at random.
+  If none fits, the whole image is centre-cropped to the nearest aspect ratio in range.
+  ``seed`` is a stateless seed (shape [2]); the window is a pure function of it.
+  """
+  area_seed, ratio_seed, top_seed, left_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  height_f = tf.cast(height, tf.float64)
+  width_f = tf.cast(width, tf.float64)
+  target_area = height_f * width_f * tf.random.stateless_uniform(
+      [attempts], area_seed, area_range[0], area_range[1], dtype=tf.float64)
+  aspect = tf.exp(tf.random.stateless_uniform(
+      [attempts], ratio_seed, math.log(ratio_range[0]), math.log(ratio_range[1]),
+      dtype=tf.float64))
+  crop_w = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+  crop_h = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+  fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+
+  def sampled():
+    h, w = crop_h[first], crop_w[first]
+    top = tf.random.stateless_uniform([], top_seed, 0, height - h + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], left_seed, 0, width - w + 1, dtype=tf.int32)
+    return tf.stack([top, left, h, w])
+
+  def centre_fallback():
+    in_ratio = width_f / height_f
+    h = tf.where(in_ratio < ratio_range[0],
+                 tf.cast(tf.round(width_f / ratio_range[0]), tf.int32), height)
+    w = tf.where(in_ratio > ratio_range[1],
+                 tf.cast(tf.round(height_f * ratio_range[1]), tf.int32), width)
+    return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
+
+  return tf.cond(tf.reduce_any(fits), sampled, centre_fallback)
+
+
+def _decode(image_bytes):
+  """Whole image as uint8 RGB, any format tf.io.decode_image knows; JPEG as PIL decodes it."""
+  return tf.cond(
+      tf.io.is_jpeg(image_bytes),
+      lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
+      lambda: tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8,
+                                 expand_animations=False))
+
+
+def _decode_random_crop(image_bytes, seed, area_range, ratio_range):
+  """Decodes only the random-resized-crop window of JPEGs; decodes other formats, then crops."""
+
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(image_bytes)
+    window = random_resized_crop_window(seed, shape[0], shape[1], area_range, ratio_range)
+    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3,
+                                         dct_method="INTEGER_ACCURATE")
+
+  def other():
+    image = _decode(image_bytes)
+    shape = tf.shape(image)
+    top, left, h, w = tf.unstack(
+        random_resized_crop_window(seed, shape[0], shape[1], area_range, ratio_range))
+    return image[top:top + h, left:left + w]
+
+  return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+
+
+def _resize(image, height, width):
+  return tf.image.resize(image, [height, width], method="bilinear", antialias=True)
+
+
+def _normalize(image, mean, std):
+  return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(
+      std, tf.float32)
+
+
+def preprocess_for_train(image_bytes, seed, *, image_size, area_range=(0.08, 1.0),
+                         ratio_range=(3 / 4, 4 / 3), random_flip=True,
+                         mean=IMAGENET_MEAN_RGB, std=IMAGENET_STDDEV_RGB):
+  """RandomResizedCrop(image_size) + random horizontal flip + normalise -> float32 [S, S, 3].
+
+  ``seed``: stateless seed (shape [2]); the output is a pure function of bytes and seed.
+  """
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = _decode_random_crop(image_bytes, crop_seed, area_range, ratio_range)
+  image = _resize(image, image_size, image_size)
+  if random_flip:
+    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+  return _normalize(image, mean, std)
+
+
+def preprocess_for_eval(image_bytes, *, image_size, resize_size, mean=IMAGENET_MEAN_RGB,
+                        std=IMAGENET_STDDEV_RGB):
+  """Resize the shorter side to ``resize_size``, centre crop ``image_size``, normalise.
+
+  Sizes as torchvision's ``Resize(resize_size)`` + ``CenterCrop(image_size)``: the longer side
+  becomes ``int(resize_size * long / short)``, the crop's offsets ``round((side - crop) / 2)``.
+  """
+  image = _decode(image_bytes)
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  short = tf.cast(tf.minimum(height, width), tf.float64)
+  new_h = tf.where(height <= width, resize_size,
+                   tf.cast(resize_size * tf.cast(height, tf.float64) / short, tf.int32))
+  new_w = tf.where(width <= height, resize_size,
+                   tf.cast(resize_size * tf.cast(width, tf.float64) / short, tf.int32))
+  image = _resize(image, new_h, new_w)
+  top = tf.cast(tf.round((new_h - image_size) / 2), tf.int32)
+  left = tf.cast(tf.round((new_w - image_size) / 2), tf.int32)
+  image = image[top:top + image_size, left:left + image_size]
+  image = tf.ensure_shape(image, [image_size, image_size, 3])
+  return _normalize(image, mean, std)
+
+
+def _map_with_decode_check(ds, fn, fallback):
+  """``ds.map(fn)`` where an element whose ``fn`` raises becomes ``fallback(element)`` instead.
+
+  Graph ops cannot catch errors, so each element is mapped inside its own one-element dataset:
+  ``ignore_errors`` drops it on failure and the concatenated fallback takes its place. Both
+  return dicts; the result gains ``_UNDECODABLE`` (bool). Order is preserved.
+  """
+
+  def one(*element):
+    mapped = tf.data.Dataset.from_tensors(element).map(
+        lambda *e: {**fn(*e), _UNDECODABLE: False}).ignore_errors()
+    substitute = tf.data.Dataset.from_tensors(element).map(
+        lambda *e: {**fallback(*e), _UNDECODABLE: True})
+    return mapped.concatenate(substitute).take(1)
+
+  return ds.interleave(one, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and iterators.
+
+
+def _options():
+  options = tf.data.Options()
+  options.deterministic = True
+  # One thread per op: parallelism comes from tf.data's parallel map/interleave.
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _read(builder, split, shuffle_seed=None):
+  """Records ``{"image": encoded bytes, "label": int32}``; files shuffled when given a seed."""
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
+                                skip_prefetch=True)
+  ds = builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                          decoders={"image": tfds.decode.SkipDecoding()},
+                          read_config=read_config)
+  return ds.map(lambda ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)},
+                num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _epoch_seed(seed, epoch):
+  """A 31-bit seed for epoch ``epoch`` of run ``seed`` (files and shuffle buffer)."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
+
+
+class _SkipCountingIterator:
+  """Numpy batches from a generator; counts and logs the examples that failed to decode.
+
+  ``num_skipped`` is the running total of undecodable images in the batches yielded so far.
+  """
+
+  def __init__(self, batches, description):
+    self._batches = batches
+    self._description = description
+    self.num_skipped = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._batches)
+    skipped = int(np.sum(batch.pop(_UNDECODABLE)))
+    if skipped:
+      self.num_skipped += skipped
+      logging.warning("%s: skipped %d undecodable images (%d so far).", self._description,
+                      skipped, self.num_skipped)
+    return batch
+
+
+def _fill_undecodable(batch):
+  """Replaces the k-th undecodable example by the (k mod n)-th decodable one of the batch."""
+  bad = batch[_UNDECODABLE]
+  good_positions = tf.cast(tf.where(~bad)[:, 0], tf.int32)
+  num_good = tf.size(good_positions)
+  check = tf.debugging.assert_positive(num_good, message="No image of a batch could be decoded.")
+  with tf.control_dependencies([check]):
+    rank_among_bad = tf.cumsum(tf.cast(bad, tf.int32)) - 1
+    substitute = tf.gather(good_positions, tf.math.floormod(rank_among_bad, num_good))
+  source = tf.where(bad, substitute, tf.range(tf.size(bad)))
+  return {"image": tf.gather(batch["image"], source), "label": tf.gather(batch["label"], source),
+          _UNDECODABLE: bad}
+
+
+def _train_epoch(records, settings, *, seed, epoch, num_batches, first_batch, local_batch):
+  """Epoch ``epoch`` of one process, from batch ``first_batch`` on (a tf.data.Dataset)."""
+  ds = records.shuffle(settings.shuffle_buffer, seed=_epoch_seed(seed, epoch))
+  ds = ds.take(num_batches * local_batch).enumerate().skip(first_batch * local_batch)
+  epoch_key = tf.constant([seed, epoch], tf.int64)
+
+  def augment(position, example):
+    example_seed = tf.random.experimental.stateless_fold_in(epoch_key, position)
+    image = preprocess_for_train(
+        example["image"], example_seed, image_size=settings.image_size,
+        area_range=settings.crop_area_range, ratio_range=settings.aspect_ratio_range,
+        random_flip=settings.random_flip, mean=settings.mean, std=settings.std)
+    return {"image": image, "label": example["label"]}
+
+  def blank(position, example):
+    del position
+    size = settings.image_size
+    return {"image": tf.zeros([size, size, 3], tf.float32), "label": example["label"]}
+
+  ds = _map_with_decode_check(ds, augment, blank)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.map(_fill_undecodable, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step=0,
+                          process_index=None, process_count=None):
+  """Endless host-local train batches ``{"image": f32[B,H,W,3], "label": i32[B]}`` (numpy).
+
+  ``B = global_batch_size // process_count``. Every epoch has ``steps_per_epoch`` batches on every
+  process (each process's share is shuffled, then cut to that many full batches); epoch ``e`` is
+  shuffled with a seed derived from ``(seed, e)``. Starting at ``start_step`` yields exactly what
+  the uninterrupted stream yields from that step on. The iterator's ``num_skipped`` counts
+  undecodable images so far.
+  """
+  settings = _settings(dataset_config)
+  process_index, process_count = _process(process_index, process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  if seed < 0 or start_step < 0:
+    raise DatasetError(f"seed ({seed}) and start_step ({start_step}) must be non-negative.")
+  builder = _prepared_builder(settings)
+  num_batches = _steps_per_epoch(builder, settings, local_batch, process_count)
+  share = _process_splits(settings.train_split, process_count)[process_index]
+  cached = _read(builder, share).cache() if settings.cache else None
+
+  def batches():
+    epoch, first_batch = divmod(start_step, num_batches)
+    while True:
+      records = cached if cached is not None else _read(builder, share, _epoch_seed(seed, epoch))
+      logging.info("%s train epoch %d from batch %d (%d batches).", settings.name, epoch,
+                   first_batch, num_batches)
+      yield from _train_epoch(
+          records, settings, seed=seed, epoch=epoch, num_batches=num_batches,
+          first_batch=first_batch, local_batch=local_batch).as_numpy_iterator()
+      epoch, first_batch = epoch + 1, 0
+
+  return _SkipCountingIterator(batches(), f"{settings.name}:{settings.train_split}")
+
+
+def _eval_dataset(builder, settings, share, *, share_size, num_batches, local_batch):
+  def preprocess(example):
+    image = preprocess_for_eval(example["image"], image_size=settings.image_size,
+                                resize_size=settings.resize_size, mean=settings.mean,
+                                std=settings.std)
+    return {"image": image, "label": example["label"], "mask": True}
+
+  def blank(example):
+    size = settings.image_size
+    return {"image": tf.zeros([size, size, 3], tf.float32), "label": example["label"],
+            "mask": False}
+
+  ds = _map_with_decode_check(_read(builder, share), preprocess, blank)
+  size = settings.image_size
+  padding = tf.data.Dataset.from_tensors({
+      "image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
+      "mask": False, _UNDECODABLE: False}).repeat(num_batches * local_batch - share_size)
+  ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def create_eval_iterator(dataset_config, *, global_batch_size, process_index=None,
+                         process_count=None):
+  """One pass over this process's share of the eval split, padded and masked.
+
+  Yields ``{"image": f32[B,H,W,3], "label": i32[B], "mask": bool[B]}`` (numpy),
+  ``B = global_batch_size // process_count``. Across all processes every decodable example of
+  the split appears exactly once with ``mask`` True; padding and undecodable images have ``mask``
+  False. Every process yields ``num_eval_batches(...)`` batches, computed from the split sizes,
+  so no communication is needed. ``num_skipped`` counts undecodable images.
+  """
+  settings = _settings(dataset_config)
+  process_index, process_count = _process(process_index, process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  builder = _prepared_builder(settings)
+  share = _process_splits(settings.eval_split, process_count)[process_index]
+  ds = _eval_dataset(
+      builder, settings, share,
+      share_size=_share_sizes(builder, settings.eval_split, process_count)[process_index],
+      num_batches=_num_eval_batches(builder, settings, local_batch, process_count),
+      local_batch=local_batch)
+  return _SkipCountingIterator(ds.as_numpy_iterator(), f"{settings.name}:{settings.eval_split}")
+
+
+def prefetch_to_mesh(iterator, sharding, size=2):
+  """Turns host-local numpy batches into global ``jax.Array``s, keeping ``size`` in flight.
+
+  Each leaf becomes ``jax.make_array_from_process_local_data(sharding, leaf)``: the global batch
+  is the concatenation of the processes' local batches along axis 0, laid out by ``sharding``
+  (e.g. ``NamedSharding(mesh, P("data"))``). Transfers are asynchronous, so keeping ``size``
+  batches queued overlaps them with compute.
+  """
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(iterator, n):
+      queue.append(jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(sharding, x), batch))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
+
+
+def _main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  flag_values = flags.FLAGS
+  config = default_dataset_config(flag_values.dataset, data_dir=flag_values.data_dir,
+                                  manual_dir=flag_values.manual_dir)
+  try:
+    prepare_dataset(config)
+  except DatasetError as error:
+    raise SystemExit(f"error: {error}") from None
+  info = get_dataset_info(config)
+  print(f"{config.name} ready in {_builder(_settings(config)).data_dir}: {info}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("dataset", "imagenet2012", "tfds name of the dataset to prepare.")
+  flags.DEFINE_string("data_dir", None, "tfds data directory (default: tfds' default).")
+  flags.DEFINE_string("manual_dir", None,
+                      "Directory with manually downloaded files, e.g. the two ILSVRC2012 tars "
+                      "(default: <data_dir>/downloads/manual).")
+  app.run(_main)
