@@ -1,0 +1,86 @@
+"""The paper's ImageNet recipe (Implementation details, p. 5), shared by every ImageNet config.
+
+SGD, momentum 0.9, weight decay 1e-4 coupled as in PyTorch SGD (applied to every parameter),
+learning rate 0.1 for a global batch of 256, divided by 10 at epochs 30, 60 and 90, 100 epochs;
+RandomResizedCrop 224 (area 0.08-1, aspect 3/4-4/3) + horizontal flip; eval: resize 256, centre
+crop 224; He initialisation; LCT with G=64, w=0, b=1. The paper trained on 4 GPUs, so each BatchNorm
+saw 64 images: `bn_group_size=64` reproduces that; 0 uses the whole global batch.
+"""
+
+import ml_collections
+
+from lct_flax import input_pipeline
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict({
+      "name": "resnet50",
+      "attention": "none",
+      "attention_kwargs": ml_collections.ConfigDict(),
+      "width": 1.0,
+      "small_stem": False,
+      "zero_init_last_bn": False,
+  })
+  config.dataset = input_pipeline.default_dataset_config("imagenet2012")
+
+  config.batch_size = 256                 # global, over all devices and processes
+  config.num_epochs = 100
+  config.num_train_steps = -1             # -1: num_epochs * steps_per_epoch
+  config.seed = 0
+
+  config.learning_rate = 0.1              # for `batch_size` as given (no automatic scaling)
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 1e-4              # coupled: g + wd * p, as torch.optim.SGD
+  config.schedule = "step"                # "step" (x lr_decay_factor at lr_decay_epochs) | "cosine"
+  config.lr_decay_epochs = (30, 60, 90)
+  config.lr_decay_factor = 0.1
+  config.warmup_epochs = 0.0              # linear warm-up from 0, before either schedule
+  config.label_smoothing = 0.0
+
+  config.half_precision = False           # bfloat16 compute, float32 parameters and optimizer
+  config.bn_group_size = 0                # 0: BatchNorm statistics over the global batch
+
+  config.checkpoint_every_steps = 5000
+  config.keep_checkpoints = 3
+  config.log_every_steps = 100
+  config.eval_every_epochs = 1            # 0: only at the end
+  return config
+
+
+def lct_options(arg: str | None) -> dict:
+  """Parses 'groups=32,w_init=1,b_init=0,use_norm=False' (the part after ':' in --config)."""
+  if not arg:
+    return {}
+  options = {}
+  for item in arg.split(","):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"config argument {item!r} is not KEY=VALUE (e.g. groups=32).")
+    options[key.strip()] = _parse_value(value.strip())
+  return options
+
+
+def _parse_value(value: str):
+  if value in ("True", "False"):
+    return value == "True"
+  for kind in (int, float):
+    try:
+      return kind(value)
+    except ValueError:
+      pass
+  return value
+
+
+def imagenet_config(model: str, attention: str, arg: str | None = None,
+                    **attention_defaults) -> ml_collections.ConfigDict:
+  """The recipe with `model` and `attention`; `arg` overrides attention options (Tables 2-5)."""
+  config = get_config()
+  config.model.name = model
+  config.model.attention = attention
+  config.model.attention_kwargs = ml_collections.ConfigDict(
+      {**attention_defaults, **lct_options(arg)})
+  if model == "resnet101":
+    config.batch_size = 220               # the paper's ResNet-101 batch (GPU memory), lr still 0.1
+  return config

@@ -1,0 +1,35 @@
+"""Demo: LCT-ResNet-18 (width 1/4, small stem) on the embedded scikit-learn digits, CPU-friendly.
+
+Command (the README's main command; a few minutes on a 2-core CPU, >= 95% test accuracy):
+  python train.py --config=configs/demo.py --workdir=workdir/demo
+
+1,437 training and 360 test images (8x8 digits upscaled to 32x32), 10 classes; no download.
+Same recipe shape as the paper (SGD momentum 0.9, coupled weight decay, step schedule), scaled to
+the tiny dataset; no horizontal flip (digits are not mirror-symmetric).
+"""
+
+from configs import base
+
+
+def get_config(arg=None):
+  config = base.imagenet_config("resnet18", "lct", arg, groups=4, w_init=0.0, b_init=1.0,
+                                use_norm=True, use_transform=True)
+  config.model.width = 0.25
+  config.model.small_stem = True
+  config.dataset.name = "sklearn_digits"
+  config.dataset.eval_split = "test"
+  config.dataset.image_size = 32
+  config.dataset.resize_size = 32
+  config.dataset.crop_area_range = (0.5, 1.0)
+  config.dataset.random_flip = False
+  config.dataset.shuffle_buffer = 2048
+  config.dataset.cache = True
+  config.batch_size = 64
+  config.num_epochs = 30
+  config.learning_rate = 0.1
+  config.lr_decay_epochs = (20, 27)
+  config.weight_decay = 5e-4
+  config.checkpoint_every_steps = 200
+  config.log_every_steps = 22
+  config.eval_every_epochs = 10
+  return config
