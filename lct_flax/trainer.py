@@ -166,9 +166,9 @@ def train_step(state: TrainState, batch: dict, *, model: models.ResNet,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model: models.ResNet) -> dict:
+def eval_step(variables: dict, batch: dict, *, model: models.ResNet) -> dict:
   """Sums over the masked (real) examples of a padded eval batch: loss, top-1, top-5, count."""
-  logits = model.apply(state.variables, batch["image"], train=False)
+  logits = model.apply(variables, batch["image"], train=False)
   mask = batch["mask"].astype(jnp.float32)
   return {
       "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -244,11 +244,12 @@ class _Progress:
             "eta_seconds": step_time * (self.total_steps - step)}
 
 
-def evaluate(state: TrainState, batches: Iterator[dict], eval_fn: Callable) -> dict:
-  """Loss, top-1 and top-5 over every example of the eval split (padding masked out)."""
+def evaluate(variables: dict, batches: Iterator[dict], eval_fn: Callable) -> dict:
+  """Loss, top-1 and top-5 over every example of the eval split (padding masked out);
+  `eval_fn(variables, batch)` is a compiled `eval_step`."""
   totals = None
   for batch in batches:
-    sums = eval_fn(state, batch)
+    sums = eval_fn(variables, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise TrainingError("the eval split is empty.")
@@ -345,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      summary["train_top1"], summary["learning_rate"], summary["images_per_sec"],
                      _format_duration(summary["eta_seconds"]))
       if (eval_every and step % eval_every == 0) or is_last:
-        eval_metrics = evaluate(state, eval_batches(), p_eval_step)
+        eval_metrics = evaluate(state.variables, eval_batches(), p_eval_step)
         writer.write_scalars(step, eval_metrics)
         logging.info("eval at step %d: loss %.4f  top1 %.4f  top5 %.4f  (%d examples)", step,
                      eval_metrics["eval_loss"], eval_metrics["eval_top1"],
