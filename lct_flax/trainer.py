@@ -9,6 +9,7 @@ batch axis) are those of the global batch, as with synchronised BatchNorm across
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -259,6 +260,70 @@ def evaluate(variables: dict, batches: Iterator[dict], eval_fn: Callable) -> dic
           "eval_top5": float(totals["top5"]) / count, "eval_count": count}
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What a config determines before any state exists: mesh, data sizes, model, optimizer."""
+  config: ml_collections.ConfigDict
+  mesh: Any
+  num_classes: int
+  steps_per_epoch: int
+  total_steps: int
+  model: models.ResNet
+  schedule: optax.Schedule
+  optimizer: optax.GradientTransformation
+
+  @property
+  def replicated(self):
+    return parallel.replicated_sharding(self.mesh)
+
+  @property
+  def data_sharding(self):
+    return parallel.batch_sharding(self.mesh)
+
+  def init_fn(self) -> Callable[[], TrainState]:
+    """A compiled function that creates the initial, replicated TrainState."""
+    image_shape = (self.config.dataset.image_size, self.config.dataset.image_size, 3)
+    return jax.jit(functools.partial(init_state, self.model, self.optimizer, self.config.seed,
+                                     image_shape), out_shardings=self.replicated)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the TrainState, without creating it."""
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+        jax.eval_shape(self.init_fn()))
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  """Checks `config` and builds everything it determines."""
+  check_config(config)
+  mesh = parallel.create_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  info = input_pipeline.get_dataset_info(config.dataset)
+  steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
+  schedule = create_learning_rate_schedule(config, steps_per_epoch)
+  return Experiment(config=config, mesh=mesh, num_classes=info.num_classes,
+                    steps_per_epoch=steps_per_epoch,
+                    total_steps=_total_steps(config, steps_per_epoch),
+                    model=create_model(config, info.num_classes), schedule=schedule,
+                    optimizer=create_optimizer(config, schedule))
+
+
+def checkpointer_for(workdir: str, config: ml_collections.ConfigDict) -> checkpointing.Checkpointer:
+  return checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.get("keep_checkpoints", 3))
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str,
+                  step: Optional[int] = None) -> TrainState:
+  """The TrainState of checkpoint `step` (default: the newest) of the run in `workdir`."""
+  experiment = build_experiment(config)
+  checkpointer = checkpointer_for(workdir, config)
+  try:
+    return checkpointer.restore(experiment.abstract_state(), step)
+  finally:
+    checkpointer.close()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        train_batches: Optional[Callable[[int], Iterator[dict]]] = None) -> dict:
   """Trains and evaluates as `config` says, writing checkpoints and logs to `workdir`.
@@ -268,42 +333,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   can replace the configured train input with any iterator of host-local batches
   `{"image", "label"}`. Returns the final eval metrics (with "step").
   """
-  check_config(config)
-  mesh = parallel.create_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  info = input_pipeline.get_dataset_info(config.dataset)
-  steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
-  total_steps = _total_steps(config, steps_per_epoch)
-  identity = model_identity(config, info.num_classes)
+  experiment = build_experiment(config)
+  model, schedule = experiment.model, experiment.schedule
+  steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
+  replicated, data_sharding = experiment.replicated, experiment.data_sharding
+  identity = model_identity(config, experiment.num_classes)
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   check_workdir_compatible(workdir, identity)
 
-  model = create_model(config, info.num_classes)
-  schedule = create_learning_rate_schedule(config, steps_per_epoch)
-  optimizer = create_optimizer(config, schedule)
-  image_shape = (config.dataset.image_size, config.dataset.image_size, 3)
-  replicated = parallel.replicated_sharding(mesh)
-  data_sharding = parallel.batch_sharding(mesh)
-  init_fn = jax.jit(functools.partial(init_state, model, optimizer, config.seed, image_shape),
-                    out_shardings=replicated)
-  abstract_state = jax.eval_shape(init_fn)
-  abstract_state = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
-
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                            max_to_keep=config.keep_checkpoints)
+  checkpointer = checkpointer_for(workdir, config)
   if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(abstract_state)
+    state = checkpointer.restore(experiment.abstract_state())
     logging.info("Resumed from %s", checkpointer.path(checkpointer.latest_step()))
   else:
-    state = init_fn()
+    state = experiment.init_fn()()
   if is_writer:
     write_json_atomically(os.path.join(workdir, "model.json"), identity)
-    write_json_atomically(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    write_json_atomically(os.path.join(workdir, "config.json"),
+                          json.loads(config.to_json_best_effort()))
 
   p_train_step = jax.jit(
-      functools.partial(train_step, model=model, optimizer=optimizer,
+      functools.partial(train_step, model=model, optimizer=experiment.optimizer,
                         label_smoothing=config.label_smoothing),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=(0,))
@@ -328,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   eval_metrics = {}
   logging.info("Training %s (%s) for %d steps (%d per epoch) on %d devices, from step %d",
                config.model.name, config.model.attention, total_steps, steps_per_epoch,
-               mesh.devices.size, start_step)
+               experiment.mesh.devices.size, start_step)
   step = start_step
   try:
     while step < total_steps:
