@@ -22,8 +22,9 @@ yields host-local batches of ``global_batch_size // process_count`` examples; ``
 assembles them into global ``jax.Array``s.
 
 Undecodable images are skipped and counted (``num_skipped`` on the iterators, plus a warning):
-in eval they are masked out; in train a batch fills their slots with copies of its decodable
-examples, so batch shapes and the resumable step structure never change.
+batches are formed from fixed groups of records, the images that fail to decode are dropped from
+their group, and eval pads the group with masked slots while train fills it with copies of its
+decodable examples; batch shapes and the resumable step structure never change.
 
 Prepare a dataset once before training, e.g. ImageNet from the two ILSVRC2012 tars in DIR::
 
@@ -31,6 +32,7 @@ Prepare a dataset once before training, e.g. ImageNet from the two ILSVRC2012 ta
 """
 
 import collections
+from concurrent import futures
 import dataclasses
 import itertools
 import math
@@ -55,6 +57,11 @@ CROP_ATTEMPTS = 10
 MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
 
 _UNDECODABLE = "_undecodable"
+# Parallel calls of the per-batch decode map: its iterators live for one batch, too briefly for
+# tf.data's autotuner, so use every core.
+_GROUP_PARALLELISM = os.cpu_count() or 1
+# Batches before the end of a train epoch at which the next epoch's pipeline starts.
+_OPEN_NEXT_EPOCH_AHEAD = 2
 
 
 def _hide_gpus_from_tensorflow():
@@ -396,23 +403,28 @@ def preprocess_for_eval(image_bytes, *, image_size, resize_size, mean=IMAGENET_M
   return _normalize(image, mean, std)
 
 
-def _map_with_decode_check(ds, fn, fallback):
-  """``ds.map(fn)`` where an element whose ``fn`` raises becomes ``fallback(element)`` instead.
+def _map_and_batch_skipping_errors(ds, fn, batch_size):
+  """Batches of ``fn`` over ``batch_size`` elements of ``ds`` at a time, minus failed elements.
 
-  Graph ops cannot catch errors, so each element is mapped inside its own one-element dataset:
-  ``ignore_errors`` drops it on failure and the concatenated fallback takes its place. Both
-  return dicts; the result gains ``_UNDECODABLE`` (bool). Order is preserved.
+  Graph ops cannot catch errors, so each group of ``batch_size`` input elements is mapped inside
+  its own small dataset whose ``ignore_errors`` drops the elements that ``fn`` (a dict-valued
+  function) fails on, e.g. undecodable images. Each group yields exactly one batch of the ``n``
+  surviving outputs, in order (``n`` may be 0), plus ``_UNDECODABLE``: how many were dropped.
+  Groups run two at a time, each with a parallel map; ``fn`` outputs must have static shapes.
   """
 
-  def one(*element):
-    mapped = tf.data.Dataset.from_tensors(element).map(
-        lambda *e: {**fn(*e), _UNDECODABLE: False}).ignore_errors()
-    substitute = tf.data.Dataset.from_tensors(element).map(
-        lambda *e: {**fallback(*e), _UNDECODABLE: True})
-    return mapped.concatenate(substitute).take(1)
+  def group(*elements):
+    size = tf.shape(tf.nest.flatten(elements)[0])[0]
+    survivors = tf.data.Dataset.from_tensor_slices(elements).map(
+        fn, num_parallel_calls=_GROUP_PARALLELISM, deterministic=True).ignore_errors()
+    empty = tf.nest.map_structure(lambda spec: tf.zeros([0, *spec.shape], spec.dtype),
+                                  survivors.element_spec)
+    batch = survivors.batch(batch_size).concatenate(
+        tf.data.Dataset.from_tensors(empty)).take(1)
+    return batch.map(lambda b: {**b, _UNDECODABLE: size - tf.shape(b["label"])[0]})
 
-  return ds.interleave(one, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True)
+  return ds.batch(batch_size).interleave(group, cycle_length=2, block_length=1,
+                                         num_parallel_calls=2, deterministic=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,18 +479,28 @@ class _SkipCountingIterator:
     return batch
 
 
-def _fill_undecodable(batch):
-  """Replaces the k-th undecodable example by the (k mod n)-th decodable one of the batch."""
-  bad = batch[_UNDECODABLE]
-  good_positions = tf.cast(tf.where(~bad)[:, 0], tf.int32)
-  num_good = tf.size(good_positions)
+def _fill_batch(batch, batch_size):
+  """Completes a batch of ``n`` survivors to ``batch_size`` by cycling through them."""
+  num_good = tf.shape(batch["label"])[0]
   check = tf.debugging.assert_positive(num_good, message="No image of a batch could be decoded.")
   with tf.control_dependencies([check]):
-    rank_among_bad = tf.cumsum(tf.cast(bad, tf.int32)) - 1
-    substitute = tf.gather(good_positions, tf.math.floormod(rank_among_bad, num_good))
-  source = tf.where(bad, substitute, tf.range(tf.size(bad)))
-  return {"image": tf.gather(batch["image"], source), "label": tf.gather(batch["label"], source),
-          _UNDECODABLE: bad}
+    source = tf.math.floormod(tf.range(batch_size), num_good)
+  image, label = tf.cond(
+      num_good < batch_size,
+      lambda: (tf.gather(batch["image"], source), tf.gather(batch["label"], source)),
+      lambda: (batch["image"], batch["label"]))
+  return {"image": tf.ensure_shape(image, [batch_size, *batch["image"].shape[1:]]),
+          "label": tf.ensure_shape(label, [batch_size]), _UNDECODABLE: batch[_UNDECODABLE]}
+
+
+def _pad_batch(batch, batch_size):
+  """Pads a batch of ``n`` survivors with zeros to ``batch_size``; ``mask`` marks the real ones."""
+  num_real = tf.shape(batch["label"])[0]
+  pad = batch_size - num_real
+  image = tf.pad(batch["image"], [[0, pad], [0, 0], [0, 0], [0, 0]])
+  return {"image": tf.ensure_shape(image, [batch_size, *batch["image"].shape[1:]]),
+          "label": tf.ensure_shape(tf.pad(batch["label"], [[0, pad]]), [batch_size]),
+          "mask": tf.range(batch_size) < num_real, _UNDECODABLE: batch[_UNDECODABLE]}
 
 
 def _train_epoch(records, settings, *, seed, epoch, num_batches, first_batch, local_batch):
@@ -495,14 +517,8 @@ def _train_epoch(records, settings, *, seed, epoch, num_batches, first_batch, lo
         random_flip=settings.random_flip, mean=settings.mean, std=settings.std)
     return {"image": image, "label": example["label"]}
 
-  def blank(position, example):
-    del position
-    size = settings.image_size
-    return {"image": tf.zeros([size, size, 3], tf.float32), "label": example["label"]}
-
-  ds = _map_with_decode_check(ds, augment, blank)
-  ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.map(_fill_undecodable, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _map_and_batch_skipping_errors(ds, augment, local_batch)
+  ds = ds.map(lambda batch: _fill_batch(batch, local_batch))
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
@@ -526,38 +542,46 @@ def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step
   share = _process_splits(settings.train_split, process_count)[process_index]
   cached = _read(builder, share).cache() if settings.cache else None
 
+  def open_epoch(epoch, first_batch):
+    """Numpy batches of ``epoch`` from ``first_batch`` on; the first one already computed."""
+    records = cached if cached is not None else _read(builder, share, _epoch_seed(seed, epoch))
+    logging.info("%s train epoch %d from batch %d (%d batches).", settings.name, epoch,
+                 first_batch, num_batches)
+    iterator = _train_epoch(
+        records, settings, seed=seed, epoch=epoch, num_batches=num_batches,
+        first_batch=first_batch, local_batch=local_batch).as_numpy_iterator()
+    return itertools.chain([next(iterator)], iterator)
+
   def batches():
+    # Each epoch is its own tf.data pipeline (its seeds are Python ints); the next one is built
+    # in a background thread while the last batches of the current one are consumed, which
+    # hides its start-up (tracing, filling the shuffle buffer).
     epoch, first_batch = divmod(start_step, num_batches)
-    while True:
-      records = cached if cached is not None else _read(builder, share, _epoch_seed(seed, epoch))
-      logging.info("%s train epoch %d from batch %d (%d batches).", settings.name, epoch,
-                   first_batch, num_batches)
-      yield from _train_epoch(
-          records, settings, seed=seed, epoch=epoch, num_batches=num_batches,
-          first_batch=first_batch, local_batch=local_batch).as_numpy_iterator()
-      epoch, first_batch = epoch + 1, 0
+    with futures.ThreadPoolExecutor(1, thread_name_prefix="next_train_epoch") as pool:
+      upcoming = pool.submit(open_epoch, epoch, first_batch)
+      while True:
+        current = upcoming.result()
+        for remaining in range(num_batches - first_batch, 0, -1):
+          if remaining == min(_OPEN_NEXT_EPOCH_AHEAD, num_batches - first_batch):
+            upcoming = pool.submit(open_epoch, epoch + 1, 0)
+          yield next(current)
+        epoch, first_batch = epoch + 1, 0
 
   return _SkipCountingIterator(batches(), f"{settings.name}:{settings.train_split}")
 
 
-def _eval_dataset(builder, settings, share, *, share_size, num_batches, local_batch):
+def _eval_dataset(builder, settings, share, *, num_batches, local_batch):
   def preprocess(example):
     image = preprocess_for_eval(example["image"], image_size=settings.image_size,
                                 resize_size=settings.resize_size, mean=settings.mean,
                                 std=settings.std)
-    return {"image": image, "label": example["label"], "mask": True}
+    return {"image": image, "label": example["label"]}
 
-  def blank(example):
-    size = settings.image_size
-    return {"image": tf.zeros([size, size, 3], tf.float32), "label": example["label"],
-            "mask": False}
-
-  ds = _map_with_decode_check(_read(builder, share), preprocess, blank)
-  size = settings.image_size
-  padding = tf.data.Dataset.from_tensors({
-      "image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
-      "mask": False, _UNDECODABLE: False}).repeat(num_batches * local_batch - share_size)
-  ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
+  ds = _map_and_batch_skipping_errors(_read(builder, share), preprocess, local_batch)
+  ds = ds.map(lambda batch: _pad_batch(batch, local_batch))
+  # Processes with a smaller share end with fully masked batches: all yield num_batches.
+  blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat()).take(num_batches)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
@@ -578,7 +602,6 @@ def create_eval_iterator(dataset_config, *, global_batch_size, process_index=Non
   share = _process_splits(settings.eval_split, process_count)[process_index]
   ds = _eval_dataset(
       builder, settings, share,
-      share_size=_share_sizes(builder, settings.eval_split, process_count)[process_index],
       num_batches=_num_eval_batches(builder, settings, local_batch, process_count),
       local_batch=local_batch)
   return _SkipCountingIterator(ds.as_numpy_iterator(), f"{settings.name}:{settings.eval_split}")

@@ -60,13 +60,18 @@ class FakeIlsvrc:
   colours: dict
 
 
-def synthetic_image(rng, colour, height, width):
-  """uint8 (height, width, 3): ``colour`` plus a smooth random pattern of amplitude 20."""
+def synthetic_image(rng, colour, height, width, noise_std=0.0):
+  """uint8 (height, width, 3): ``colour`` + a smooth random pattern of amplitude 20 + noise.
+
+  ``noise_std`` > 0 adds Gaussian pixel noise, which makes JPEG files about as large as photos.
+  """
   ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
   fy, fx = rng.uniform(0.05, 0.3, size=2)
   phase = rng.uniform(0.0, 2.0 * np.pi, size=3)
   pattern = np.sin(fy * ys[..., None] + fx * xs[..., None] + phase)
   pixels = colour + _PATTERN_AMPLITUDE * pattern
+  if noise_std:
+    pixels = pixels + rng.normal(0.0, noise_std, size=pixels.shape)
   return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
@@ -82,9 +87,9 @@ def _add_bytes(tar, name, data):
   tar.addfile(info, io.BytesIO(data))
 
 
-def _image_bytes(rng, colour, size_range, corrupt):
+def _image_bytes(rng, colour, size_range, noise_std, corrupt):
   height, width = rng.integers(size_range[0], size_range[1] + 1, size=2)
-  data = _jpeg_bytes(synthetic_image(rng, colour, height, width))
+  data = _jpeg_bytes(synthetic_image(rng, colour, height, width, noise_std))
   # A truncated JPEG: the header (and so the shape) reads fine, decoding the pixels fails.
   return data[: len(data) // 2] if corrupt else data
 
@@ -96,6 +101,7 @@ def write_ilsvrc_tars(
     images_per_class=4,
     num_val=10,
     size_range=(20, 80),
+    noise_std=0.0,
     corrupt_train=0,
     corrupt_val=0,
     seed=0,
@@ -104,9 +110,10 @@ def write_ilsvrc_tars(
 
   The train classes are the first ``num_classes`` distinct synsets of the validation labels, so
   that train and validation share classes. Image heights and widths are drawn independently from
-  ``size_range`` (inclusive). Colours go to classes in order of first use (train classes, then
-  validation labels), cycling through 27 colours. The last ``corrupt_train`` images of the last
-  class and the last ``corrupt_val`` validation images are truncated JPEGs.
+  ``size_range`` (inclusive); ``noise_std`` as in ``synthetic_image``. Colours go to classes in
+  order of first use (train classes, then validation labels), cycling through 27 colours. The
+  last ``corrupt_train`` images of the last class and the last ``corrupt_val`` validation images
+  are truncated JPEGs.
   """
   os.makedirs(manual_dir, exist_ok=True)
   rng = np.random.default_rng(seed)
@@ -126,7 +133,7 @@ def write_ilsvrc_tars(
           name = f"{synset}_{n}.JPEG"
           is_corrupt = (class_number == num_classes - 1
                         and n >= images_per_class - corrupt_train)
-          data = _image_bytes(rng, colours[label_of[synset]], size_range, is_corrupt)
+          data = _image_bytes(rng, colours[label_of[synset]], size_range, noise_std, is_corrupt)
           _add_bytes(inner, name, data)
           train.append((name, label_of[synset]))
           if is_corrupt:
@@ -138,7 +145,8 @@ def write_ilsvrc_tars(
     for i, synset in enumerate(val_synsets):
       name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
       is_corrupt = i >= num_val - corrupt_val
-      _add_bytes(tar, name, _image_bytes(rng, colours[label_of[synset]], size_range, is_corrupt))
+      data = _image_bytes(rng, colours[label_of[synset]], size_range, noise_std, is_corrupt)
+      _add_bytes(tar, name, data)
       val.append((name, label_of[synset]))
       if is_corrupt:
         corrupt.add(name)
