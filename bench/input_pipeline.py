@@ -124,7 +124,7 @@ def main(argv):
   print(f"\n## Input pipeline, {datetime.date.today().isoformat()}\n")
   print(f"CPU: {_cpu_model()}, {cores} cores (os.cpu_count()). TensorFlow {tf.__version__}, "
         f"tensorflow-datasets {tfds.__version__}. Command: "
-        f"`python -m bench.input_pipeline {' '.join(sys.argv[1:])}`.\n")
+        f"`{' '.join(['python -m bench.input_pipeline', *sys.argv[1:]])}`.\n")
   print(f"{examples} synthetic JPEGs ({info.num_train_examples} train, {info.num_eval_examples} "
         f"val; sides 350..500 px; {tar_mb:.1f} MiB of tars, {tar_mb * 2**10 / examples:.0f} "
         f"KiB per image) written in {write_s:.1f} s and prepared by tfds' imagenet2012 builder in "
