@@ -48,3 +48,83 @@ def _prepared_digits(tmp_path_factory):
 def digits_config(_prepared_digits):
   """Dataset config of ``sklearn_digits`` prepared in a temporary data_dir; 8 px, no resizing."""
   return _prepared_digits.copy_and_resolve_references()
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny trained demo run and its export (tests of export, evaluate and analysis).
+
+# configs/demo.py shrunk to train in about half a minute on 2 CPU cores.
+TINY_DEMO = dict(num_train_steps=40, width=0.125, image_size=16, log_every_steps=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_run(_prepared_digits, tmp_path_factory):
+  """A finished 40-step run of configs/demo.py (width 1/8, 16 px) on the prepared digits.
+
+  A namespace with ``config``, ``workdir`` and ``metrics`` (what train_and_evaluate returned:
+  eval_top1, eval_top5, eval_loss, eval_count, step). Read-only: copy the workdir to change it.
+  """
+  import types
+
+  from configs import demo
+  from lct_flax import trainer
+
+  config = demo.get_config()
+  config.dataset.data_dir = _prepared_digits.data_dir
+  config.num_train_steps = TINY_DEMO["num_train_steps"]
+  config.model.width = TINY_DEMO["width"]
+  config.dataset.image_size = TINY_DEMO["image_size"]
+  config.dataset.resize_size = TINY_DEMO["image_size"]
+  config.log_every_steps = TINY_DEMO["log_every_steps"]
+  config.checkpoint_every_steps = 100_000
+  workdir = str(tmp_path_factory.mktemp("tiny_demo_workdir"))
+  metrics = trainer.train_and_evaluate(config, workdir)
+  return types.SimpleNamespace(config=config, workdir=workdir, metrics=metrics)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_export(tiny_demo_run, tmp_path_factory):
+  """Path of the export of ``tiny_demo_run`` (lct_flax.export.export_workdir). Read-only: copy it
+  (shutil.copytree) before adding or damaging files."""
+  from lct_flax import export
+
+  return export.export_workdir(tiny_demo_run.workdir,
+                               str(tmp_path_factory.mktemp("tiny_demo") / "export"))
+
+
+@pytest.fixture
+def make_untrained_export(_prepared_digits, tmp_path):
+  """``make(attention, num_classes=10, **attention_kwargs) -> path``: an export of an untrained
+  tiny ResNet-18 (width 1/8, small stem, 16 px digits preprocessing). Its variables are seeded
+  NumPy draws (N(0, 0.1^2) parameters, BatchNorm scale 1, running mean 0 and variance 1), which
+  avoids the ~10 s first eager `model.init` on CPU."""
+  import jax
+  import numpy as np
+
+  from lct_flax import export
+
+  def fill(path, spec, rng):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return np.ones(spec.shape, np.float32)
+    if name == "mean":
+      return np.zeros(spec.shape, np.float32)
+    return (0.1 * rng.standard_normal(spec.shape)).astype(np.float32)
+
+  def make(attention, num_classes=10, **attention_kwargs):
+    model_config = dict(name="resnet18", attention=attention, attention_kwargs=attention_kwargs,
+                        width=TINY_DEMO["width"], small_stem=True, num_classes=num_classes,
+                        dtype="float32")
+    size = TINY_DEMO["image_size"]
+    rng = np.random.default_rng(1)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, spec: fill(path, spec, rng),
+        export.abstract_variables(export.build_model(model_config), size))
+    dataset_config = dict(name="sklearn_digits", eval_split="test",
+                          data_dir=_prepared_digits.data_dir, image_size=size, resize_size=size,
+                          mean=list(input_pipeline.IMAGENET_MEAN_RGB),
+                          std=list(input_pipeline.IMAGENET_STDDEV_RGB))
+    return export.save(str(tmp_path / f"untrained_{attention}_{num_classes}"), variables,
+                       model_config=model_config, dataset_config=dataset_config)
+
+  return make
