@@ -251,9 +251,9 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
 def _move_into_place(tmp: str, output: str, overwrite: bool) -> None:
   _check_output_free(output, overwrite)  # again: something may have appeared meanwhile
   if not os.path.lexists(output):
-    # rename() would silently replace an empty directory; mkdir-free rename of a fresh name.
     os.rename(tmp, output)
     return
+  # Replacing: move the old export aside, move the new one in, then delete the old one.
   old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=os.path.dirname(output))
   os.rmdir(old)
   os.rename(output, old)
