@@ -293,18 +293,22 @@ class Experiment:
         jax.eval_shape(self.init_fn()))
 
 
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-  """Checks `config` and builds everything it determines."""
+def build_experiment(config: ml_collections.ConfigDict, *, num_classes: Optional[int] = None,
+                     steps_per_epoch: Optional[int] = None) -> Experiment:
+  """Checks `config` and builds everything it determines. The dataset (prepared first if it can
+  be) gives the number of classes and steps per epoch unless they are passed in."""
   check_config(config)
   mesh = parallel.create_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  info = input_pipeline.get_dataset_info(config.dataset)
-  steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
+  if num_classes is None or steps_per_epoch is None:
+    input_pipeline.prepare_dataset(config.dataset)
+    num_classes = input_pipeline.get_dataset_info(config.dataset).num_classes
+    steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
   schedule = create_learning_rate_schedule(config, steps_per_epoch)
-  return Experiment(config=config, mesh=mesh, num_classes=info.num_classes,
+  return Experiment(config=config, mesh=mesh, num_classes=num_classes,
                     steps_per_epoch=steps_per_epoch,
                     total_steps=_total_steps(config, steps_per_epoch),
-                    model=create_model(config, info.num_classes), schedule=schedule,
+                    model=create_model(config, num_classes), schedule=schedule,
                     optimizer=create_optimizer(config, schedule))
 
 
@@ -315,8 +319,16 @@ def checkpointer_for(workdir: str, config: ml_collections.ConfigDict) -> checkpo
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str,
                   step: Optional[int] = None) -> TrainState:
-  """The TrainState of checkpoint `step` (default: the newest) of the run in `workdir`."""
-  experiment = build_experiment(config)
+  """The TrainState of checkpoint `step` (default: the newest) of the run in `workdir`. Needs no
+  dataset: the number of classes comes from the workdir's model.json."""
+  path = os.path.join(workdir, "model.json")
+  if not os.path.exists(path):
+    raise checkpointing.CheckpointError(f"{workdir} holds no training run (no model.json); "
+                                        f"pass the --workdir that train.py wrote.")
+  with open(path) as f:
+    num_classes = json.load(f)["num_classes"]
+  # The optimizer state's structure does not depend on the schedule, so any steps_per_epoch fits.
+  experiment = build_experiment(config, num_classes=num_classes, steps_per_epoch=1)
   checkpointer = checkpointer_for(workdir, config)
   try:
     return checkpointer.restore(experiment.abstract_state(), step)
