@@ -1,0 +1,196 @@
+"""Throughput of the jitted training step (and optionally eval forward) of ResNets with none/SE/LCT.
+
+Each variant is the real `trainer.train_step` (forward, backward, BatchNorm statistics, the
+PyTorch-SGD update from `trainer.create_optimizer`) on a config from `configs/base.py`, jitted with
+the state donated. Variants of one dtype are alternated in one process (A B C A B C ...) so that
+load from other jobs on the machine hits them alike; the first `--warmup` rounds are not timed;
+the table gives the median step time. Compile time is that of the first step, lowering and XLA
+compilation timed separately; memory is XLA's per-variant compiled memory analysis (temporaries
+and arguments), plus the device's peak where it reports one (GPU; process-wide).
+
+  python -m bench.train_step [--batch=8 --image_size=224 --steps=5 --eval]   (repository root)
+"""
+
+import dataclasses
+import datetime
+import functools
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Callable
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import base
+from lct_flax import trainer
+
+_BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Image side in pixels.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per variant.")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps per variant after the compile.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
+_MODELS = flags.DEFINE_list("models", ["resnet50"], "Model names.")
+_ATTENTIONS = flags.DEFINE_list("attentions", ["none", "se", "lct"], "Attention blocks.")
+_EVAL = flags.DEFINE_bool("eval", False, "Also time the eval-mode forward (trainer.eval_step).")
+
+MiB = 2**20
+
+
+@dataclasses.dataclass
+class Variant:
+  """One compiled step of one model, with its timings."""
+  name: str
+  dtype: str
+  model: str
+  attention: str
+  step: Callable            # compiled; (state, batch) -> state (train) or (variables, batch) -> sums
+  state: object             # donated to the train step and replaced after each call
+  lower_s: float
+  compile_s: float
+  memory: object            # jax CompiledMemoryStats
+  times: list = dataclasses.field(default_factory=list)
+
+
+def make_config(model: str, attention: str, dtype: str, batch: int, image_size: int):
+  config = base.imagenet_config(model, attention)
+  config.half_precision = dtype == "bfloat16"
+  config.batch_size = batch
+  config.dataset.image_size = image_size
+  return config
+
+
+def make_batch(batch: int, image_size: int, num_classes: int = 1000) -> dict:
+  """Random images and labels (the step's cost does not depend on the values), all examples real."""
+  rng = np.random.default_rng(0)
+  return {"image": jnp.asarray(rng.normal(size=(batch, image_size, image_size, 3)), jnp.float32),
+          "label": jnp.asarray(rng.integers(0, num_classes, size=batch), jnp.int32),
+          "mask": jnp.ones((batch,), jnp.bool_)}
+
+
+def compile_timed(fn, *args):
+  """(compiled, lower seconds, compile seconds) of the jitted `fn` at `args`."""
+  start = time.perf_counter()
+  lowered = fn.lower(*args)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, lower_s, time.perf_counter() - start
+
+
+def build_variant(model_name: str, attention: str, dtype: str, batch: dict,
+                  eval_mode: bool) -> Variant:
+  """Initialises the state and compiles the train step (or the eval step) of one variant."""
+  config = make_config(model_name, attention, dtype, len(batch["label"]), batch["image"].shape[1])
+  model = trainer.create_model(config, num_classes=1000)
+  optimizer = trainer.create_optimizer(
+      config, trainer.create_learning_rate_schedule(config, steps_per_epoch=1000))
+  image_shape = (config.dataset.image_size,) * 2 + (3,)
+  state = jax.jit(functools.partial(trainer.init_state, model, optimizer, config.seed,
+                                    image_shape))()
+  if eval_mode:
+    step = jax.jit(functools.partial(trainer.eval_step, model=model))
+    state = state.variables
+  else:
+    step = jax.jit(functools.partial(trainer.train_step, model=model, optimizer=optimizer,
+                                     label_smoothing=config.label_smoothing), donate_argnums=(0,))
+  compiled, lower_s, compile_s = compile_timed(step, state, batch)
+  return Variant(name=f"{model_name} {attention}", dtype=dtype, model=model_name,
+                 attention=attention, step=compiled, state=state, lower_s=lower_s,
+                 compile_s=compile_s, memory=compiled.memory_analysis())
+
+
+def run_once(variant: Variant, batch: dict) -> float:
+  """Seconds for one step, waited for; a train step's output state becomes the next input."""
+  start = time.perf_counter()
+  if isinstance(variant.state, trainer.TrainState):
+    variant.state, metrics = variant.step(variant.state, batch)
+  else:
+    metrics = variant.step(variant.state, batch)
+  jax.block_until_ready((variant.state, metrics))
+  return time.perf_counter() - start
+
+
+def time_alternated(variants: list[Variant], batch: dict, warmup: int, steps: int) -> None:
+  """Runs the variants in turn (A B C A B C ...), keeping the times after `warmup` rounds."""
+  for round_index in range(warmup + steps):
+    for variant in variants:
+      elapsed = run_once(variant, batch)
+      if round_index >= warmup:
+        variant.times.append(elapsed)
+
+
+def device_peak_mib() -> str:
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" not in stats:
+    return "not reported"
+  return f"{stats['peak_bytes_in_use'] / MiB:.0f} MiB"
+
+
+def print_table(title: str, variants: list[Variant], batch_size: int) -> None:
+  """Markdown table; ratios are to the plain model (attention "none") of the same dtype and model."""
+  print(f"\n{title}\n")
+  print("| dtype | model | attention | images/s | step ms (median) | min-max ms | vs plain "
+        "| lower s | compile s | XLA temp MiB | XLA args MiB |")
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for v in variants:
+    median = statistics.median(v.times)
+    plain = next((p for p in variants if p.dtype == v.dtype and p.model == v.model
+                  and p.attention == "none"), None)
+    ratio = f"{median / statistics.median(plain.times):.3f}" if plain else "-"
+    print(f"| {v.dtype} | {v.model} | {v.attention} | {batch_size / median:.2f} "
+          f"| {1000 * median:.0f} | {1000 * min(v.times):.0f}-{1000 * max(v.times):.0f} "
+          f"| {ratio} | {v.lower_s:.1f} | {v.compile_s:.1f} "
+          f"| {v.memory.temp_size_in_bytes / MiB:.0f} "
+          f"| {v.memory.argument_size_in_bytes / MiB:.0f} |")
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process (Linux reports KiB), over every variant run so far."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_model() -> str:
+  with open("/proc/cpuinfo") as f:
+    for line in f:
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  return "unknown"
+
+
+def bench_mode(eval_mode: bool, batch: dict) -> None:
+  """Builds, times and prints every dtype's variants; one dtype's states live at a time."""
+  kind = "eval forward (`trainer.eval_step`)" if eval_mode else "training step (`trainer.train_step`)"
+  for dtype in _DTYPES.value:
+    variants = [build_variant(m, a, dtype, batch, eval_mode)
+                for m in _MODELS.value for a in _ATTENTIONS.value]
+    load = os.getloadavg()[0]
+    time_alternated(variants, batch, _WARMUP.value, _STEPS.value)
+    print_table(f"{kind}, {dtype}, batch {_BATCH.value}, {_IMAGE_SIZE.value} px, "
+                f"{_STEPS.value} timed steps per variant after {_WARMUP.value} warm-up, "
+                f"load average {load:.1f} at the start:", variants, _BATCH.value)
+    del variants
+
+
+def main(argv):
+  del argv
+  batch = make_batch(_BATCH.value, _IMAGE_SIZE.value)
+  device = jax.devices()[0]
+  print(f"\n## Training step, {datetime.date.today().isoformat()}\n")
+  print(f"Device: {device.device_kind} ({jax.default_backend()}); CPU: {cpu_model()}, "
+        f"{os.cpu_count()} cores (os.cpu_count()). jax {jax.__version__}. Command: "
+        f"`{' '.join(['python -m bench.train_step', *sys.argv[1:]])}`.")
+  bench_mode(False, batch)
+  if _EVAL.value:
+    bench_mode(True, batch)
+  print(f"\nDevice peak memory (process-wide, all variants): {device_peak_mib()}; "
+        f"process peak RSS: {peak_rss_mib():.0f} MiB.")
+
+
+if __name__ == "__main__":
+  app.run(main)
