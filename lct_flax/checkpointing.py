@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
@@ -43,12 +45,46 @@ class Checkpointer:
     logging.info("Saved checkpoint %s", self.path(step))
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
-    """Restores checkpoint `step` (default: the newest) into the structure and shardings of
-    `abstract_state` (a pytree of `jax.ShapeDtypeStruct`s)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
+    """Restores checkpoint `step` into the structure and shardings of `abstract_state` (a pytree
+    of `jax.ShapeDtypeStruct`s).
+
+    Without `step`, the newest readable checkpoint: one that fails to read (truncated or damaged
+    files) is reported, renamed to `<step>.damaged` (kept for inspection, never deleted) and the
+    previous one is tried.
+    """
+    if step is not None:
+      if step not in self._manager.all_steps():
+        raise CheckpointError(f"no checkpoint {step} in {self.directory}; it has "
+                              f"{self.all_steps() or 'none'}.")
+      return self._read(step, abstract_state)
+    for candidate in reversed(self.all_steps()):
+      try:
+        return self._read(candidate, abstract_state)
+      except Exception as error:  # pylint: disable=broad-except  # damage shows in any reader layer
+        reason = (str(error).splitlines() or [""])[0][:200]
+        logging.warning("Checkpoint %s is damaged (%s: %s); moving it to %s and using the "
+                        "previous one.", self.path(candidate), type(error).__name__, reason,
+                        self._damaged_path(candidate))
+        self._set_aside(candidate)
+    raise CheckpointError(f"no readable checkpoint in {self.directory}.")
+
+  def _read(self, step: int, abstract_state: Any) -> Any:
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def _damaged_path(self, step: int) -> str:
+    return f"{self.path(step)}.damaged"
+
+  def _set_aside(self, step: int) -> None:
+    """Renames a damaged checkpoint out of orbax's view (process 0 only), then re-lists."""
+    if jax.process_index() == 0:
+      target = self._damaged_path(step)
+      suffix = 0
+      while os.path.exists(target):
+        suffix += 1
+        target = f"{self._damaged_path(step)}.{suffix}"
+      os.rename(self.path(step), target)
+    multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+    self._manager.reload()
 
   def path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))

@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import tempfile
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -30,6 +31,7 @@ from lct_flax import checkpointing
 from lct_flax import input_pipeline
 from lct_flax import models
 from lct_flax import parallel
+from lct_flax import preemption
 
 # Keys every training config has (DESIGN.md); the loop refuses a config that lacks one.
 REQUIRED_KEYS = ("batch_size", "num_epochs", "num_train_steps", "seed", "checkpoint_every_steps",
@@ -215,6 +217,17 @@ def check_workdir_compatible(workdir: str, identity: dict) -> None:
                         f"use a new --workdir or the workdir's own config.")
 
 
+def check_workdir_writable(workdir: str) -> None:
+  """Creates `workdir` if needed and refuses one that cannot be written, before any work."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+      pass
+  except OSError as error:
+    raise TrainingError(f"workdir {workdir} is not writable ({error.strerror or error}); "
+                        f"choose another --workdir.") from error
+
+
 def write_json_atomically(path: str, value: Any) -> None:
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
@@ -351,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   replicated, data_sharding = experiment.replicated, experiment.data_sharding
   identity = model_identity(config, experiment.num_classes)
   is_writer = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  check_workdir_writable(workdir)
   check_workdir_compatible(workdir, identity)
 
   checkpointer = checkpointer_for(workdir, config)
@@ -393,33 +406,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.model.name, config.model.attention, total_steps, steps_per_epoch,
                experiment.mesh.devices.size, start_step)
   step = start_step
+  preempted = False
   try:
-    while step < total_steps:
-      state, metrics = p_train_step(state, next(batches))
-      step += 1
-      pending_metrics.append(metrics)
-      is_last = step == total_steps
-      if step % config.log_every_steps == 0 or is_last or step % config.checkpoint_every_steps == 0:
-        summary = _summarise(pending_metrics, step)
-        pending_metrics = []
-        summary.update(progress.report(step), learning_rate=float(schedule(step - 1)))
-        writer.write_scalars(step, summary)
-        logging.info("epoch %d  step %d/%d  loss %.4f  top1 %.4f  lr %.5f  %.1f img/s  ETA %s",
-                     (step - 1) // steps_per_epoch + 1, step, total_steps, summary["train_loss"],
-                     summary["train_top1"], summary["learning_rate"], summary["images_per_sec"],
-                     _format_duration(summary["eta_seconds"]))
-      if (eval_every and step % eval_every == 0) or is_last:
-        eval_metrics = evaluate(state.variables, eval_batches(), p_eval_step)
-        writer.write_scalars(step, eval_metrics)
-        logging.info("eval at step %d: loss %.4f  top1 %.4f  top5 %.4f  (%d examples)", step,
-                     eval_metrics["eval_loss"], eval_metrics["eval_top1"],
-                     eval_metrics["eval_top5"], eval_metrics["eval_count"])
-      if step % config.checkpoint_every_steps == 0 or is_last:
-        checkpointer.save(step, state)
+    with preemption.PreemptionWatcher() as watcher:
+      while step < total_steps and not preempted:
+        state, metrics = p_train_step(state, next(batches))
+        step += 1
+        pending_metrics.append(metrics)
+        is_last = step == total_steps
+        preempted = watcher.reached(step)
+        save = is_last or preempted or step % config.checkpoint_every_steps == 0
+        if step % config.log_every_steps == 0 or save:
+          summary = _summarise(pending_metrics, step)
+          pending_metrics = []
+          summary.update(progress.report(step), learning_rate=float(schedule(step - 1)))
+          writer.write_scalars(step, summary)
+          logging.info("epoch %d  step %d/%d  loss %.4f  top1 %.4f  lr %.5f  %.1f img/s  ETA %s",
+                       (step - 1) // steps_per_epoch + 1, step, total_steps, summary["train_loss"],
+                       summary["train_top1"], summary["learning_rate"], summary["images_per_sec"],
+                       _format_duration(summary["eta_seconds"]))
+        if (eval_every and step % eval_every == 0) or is_last:
+          eval_metrics = evaluate(state.variables, eval_batches(), p_eval_step)
+          writer.write_scalars(step, eval_metrics)
+          logging.info("eval at step %d: loss %.4f  top1 %.4f  top5 %.4f  (%d examples)", step,
+                       eval_metrics["eval_loss"], eval_metrics["eval_top1"],
+                       eval_metrics["eval_top5"], eval_metrics["eval_count"])
+        if save:
+          checkpointer.save(step, state)
+        if preempted:
+          logging.warning("Stopped at step %d (%s); checkpoint %s. Run the same command to "
+                          "resume.", step, watcher.received or "preemption",
+                          checkpointer.path(step))
   finally:
     writer.flush()
     checkpointer.close()
-  return {"step": step, **eval_metrics}
+  return {"step": step, "preempted": preempted, **eval_metrics}
 
 
 def _summarise(step_metrics: list[dict], step: int) -> dict:
