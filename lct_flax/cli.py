@@ -43,8 +43,24 @@ def run(main: Callable[[list[str]], None]) -> None:
     except EXPECTED_ERRORS as error:
       if flags.FLAGS.verbose:
         raise
-      message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-      print(f"error: {message}", file=sys.stderr)
-      sys.exit(1)
+      _exit_with(str(error).strip().splitlines()[0] if str(error).strip() else
+                 type(error).__name__, code=1)
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a one-line error for a flag or config key that does not exist."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    _exit_with(f"{error}; see --helpfull for the flags.", code=2)
+  except (AttributeError, KeyError) as error:  # ml_collections: --config.KEY with an unknown KEY
+    key = str(error).strip("\"'")
+    _exit_with(f"the config has no key {key!r}; check the --config.KEY overrides against the "
+               f"config file.", code=2)
+
+
+def _exit_with(message: str, code: int) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)

@@ -173,7 +173,12 @@ def _local_batch_size(global_batch_size, process_count):
 
 
 def _builder(settings):
-  return tfds.builder(settings.name, data_dir=settings.data_dir)
+  try:
+    return tfds.builder(settings.name, data_dir=settings.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise DatasetError(f"unknown dataset {settings.name!r}; use a tfds name (see "
+                       f"tfds.list_builders(), e.g. imagenet2012 or cifar10) or "
+                       f"sklearn_digits.") from error
 
 
 def _manual_dir(settings, builder):
