@@ -1,0 +1,234 @@
+"""Fault injection and refusals through the real entry points: SIGKILL at random moments (one of
+them inside a checkpoint write), SIGTERM, damaged checkpoints, and one clear line per bad input."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from lct_flax import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOISE = ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "AVX", "rebuild TensorFlow")
+
+
+def tiny_flags(data_dir, **overrides):
+  values = {"dataset.data_dir": data_dir, "dataset.image_size": 16, "dataset.resize_size": 16,
+            "model.width": 0.125, "batch_size": 32, "eval_every_epochs": 0, "log_every_steps": 1,
+            **overrides}
+  return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def train_command(workdir, flags, config="configs/demo.py"):
+  return [sys.executable, os.path.join(REPO, "train.py"), f"--config={config}",
+          f"--workdir={workdir}", *flags]
+
+
+def clean_env(**extra):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(extra)
+  return env
+
+
+class Run:
+  """A training process whose stderr is collected line by line as it runs."""
+
+  def __init__(self, command, env=None):
+    self.lines = []
+    self.proc = subprocess.Popen(command, cwd=REPO, env=env or clean_env(), text=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    self._reader = threading.Thread(target=self._read, daemon=True)
+    self._reader.start()
+
+  def _read(self):
+    for line in self.proc.stderr:
+      self.lines.append(line)
+
+  def wait_for(self, text, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      if any(text in line for line in self.lines):
+        return
+      if self.proc.poll() is not None:
+        break
+      time.sleep(0.01)
+    raise AssertionError(f"never saw {text!r}:\n{''.join(self.lines)[-3000:]}")
+
+  def finish(self, timeout=300):
+    self.proc.wait(timeout)
+    self._reader.join(10)
+    return self.proc.returncode
+
+  @property
+  def output(self):
+    return "".join(self.lines)
+
+
+def state_leaves(config, workdir):
+  import jax
+  state = trainer.restore_state(config, str(workdir))
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+
+
+def config_for(flags):
+  from configs import demo
+  config = demo.get_config()
+  for flag in flags:
+    key, value = flag[len("--config."):].split("=", 1)
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+  return config
+
+
+def kill_during_checkpoint_write(run, checkpoints):
+  """SIGKILLs `run` the moment an unfinished (temporary) checkpoint directory appears."""
+  while run.proc.poll() is None:
+    if os.path.isdir(checkpoints) and any("tmp" in n for n in os.listdir(checkpoints)):
+      run.proc.send_signal(signal.SIGKILL)
+      return True
+    time.sleep(0.001)
+  return False
+
+
+def test_sigkill_at_random_moments_loses_nothing(digits_config, tmp_path):
+  flags = tiny_flags(digits_config.data_dir, num_train_steps=40, checkpoint_every_steps=4)
+  straight = Run(train_command(tmp_path / "straight", flags))
+  assert straight.finish() == 0, straight.output[-3000:]
+
+  workdir = tmp_path / "killed"
+  rng = random.Random(0)
+  kills, hit_a_write = 0, False
+  while True:
+    run = Run(train_command(workdir, flags))
+    if kills == 0:
+      run.wait_for("Training resnet18")
+      hit_a_write = kill_during_checkpoint_write(run, workdir / "checkpoints")
+      kills += 1
+    elif kills < 4:
+      run.wait_for("Training resnet18")
+      time.sleep(rng.uniform(0.0, 1.5))
+      run.proc.send_signal(signal.SIGKILL)
+      kills += 1
+    if run.finish() == 0:
+      break
+    assert run.proc.returncode == -signal.SIGKILL, run.output[-3000:]
+  assert hit_a_write and kills >= 3
+  config = config_for(flags)
+  for a, b in zip(state_leaves(config, tmp_path / "straight"), state_leaves(config, workdir)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_zero(digits_config, tmp_path):
+  flags = tiny_flags(digits_config.data_dir, num_train_steps=400, checkpoint_every_steps=1000)
+  run = Run(train_command(tmp_path, flags))
+  run.wait_for("step 3/400")
+  run.proc.send_signal(signal.SIGTERM)
+  assert run.finish() == 0, run.output[-3000:]
+  stopped = [line for line in run.lines if "Stopped at step" in line]
+  assert len(stopped) == 1 and "Run the same command to resume" in stopped[0]
+  step = int(stopped[0].split("Stopped at step ")[1].split()[0])
+  assert os.listdir(tmp_path / "checkpoints") == [str(step)]
+  resumed = Run(train_command(tmp_path, tiny_flags(
+      digits_config.data_dir, num_train_steps=step + 2, checkpoint_every_steps=1000)))
+  assert resumed.finish() == 0, resumed.output[-3000:]
+  assert f"from step {step}" in resumed.output
+  assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [step, step + 2]
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(digits_config, tmp_path):
+  config = config_for(tiny_flags(digits_config.data_dir, num_train_steps=4,
+                                 checkpoint_every_steps=2))
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "run" / "checkpoints" / "4")
+           for f in fs]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  config.num_train_steps = 6
+  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["step"] == 6
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4", "4.damaged", "6"]
+  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  for a, b in zip(state_leaves(config, tmp_path / "straight"),
+                  state_leaves(config, tmp_path / "run")):
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: each refused with one line naming the problem, a non-zero exit, no traceback.
+
+
+@pytest.fixture(scope="module")
+def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
+  """Runs every bad-input command at once (they fail before any compile) and collects them."""
+  base = tmp_path_factory.mktemp("refusals")
+  data = _prepared_digits.data_dir
+  damaged = str(base / "damaged_export")
+  shutil.copytree(tiny_demo_export, damaged)
+  with open(os.path.join(damaged, "variables.npz"), "r+b") as f:
+    f.truncate(100)
+  evaluate = [sys.executable, "-m", "lct_flax.evaluate"]
+  cases = {
+      "unknown model": (train_command(base / "a", tiny_flags(data, **{"model.name": "resnet20"})),
+                        "unknown model 'resnet20'", None),
+      "unknown attention": (train_command(base / "b", tiny_flags(
+          data, **{"model.attention": "cbam"})), "unknown attention 'cbam'", None),
+      "unknown dataset": (train_command(base / "c", tiny_flags(
+          data, **{"dataset.name": "nosuchdataset"})), "unknown dataset 'nosuchdataset'", None),
+      "unknown config key": (train_command(base / "d", tiny_flags(data, foo=1)),
+                             "the config has no key 'foo'", None),
+      "groups do not divide": (train_command(base / "e", tiny_flags(
+          data, **{"model.attention_kwargs.groups": 3})), "3 groups do not divide 8 channels",
+                               None),
+      "one channel per group": (train_command(base / "f", tiny_flags(
+          data, **{"model.attention_kwargs.groups": 8})),
+                                "8 channels in 8 groups leave 1 channel per group", None),
+      "batch not divisible": (train_command(base / "g", tiny_flags(data, batch_size=33)),
+                              "batch_size 33 is not divisible by the 2 devices",
+                              {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+      "missing imagenet tars": (train_command(base / "h", [
+          f"--config.dataset.data_dir={base / 'empty'}"], config="configs/lct_resnet50.py"),
+                                "ILSVRC2012_img_train.tar", None),
+      "empty split": (train_command(base / "i", tiny_flags(
+          data, **{"dataset.train_split": "train[:0]"})), "train[:0]", None),
+      "missing export": (evaluate + [f"--export={base / 'no_export'}"], "no_export", None),
+      "damaged export": (evaluate + [f"--export={damaged}"], "variables.npz", None),
+      "workdir not writable": (train_command("/etc/passwd/run", tiny_flags(data)),
+                               "workdir /etc/passwd/run is not writable", None),
+  }
+  procs = {name: subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for name, (cmd, _, env) in cases.items()}
+  results = {}
+  for name, proc in procs.items():
+    out, err = proc.communicate(timeout=600)
+    lines = [l for l in (out + err).splitlines() if l.strip() and not any(n in l for n in NOISE)
+             and not l.startswith(("I1", "W1", "WARNING: All log"))]
+    results[name] = (proc.returncode, lines, cases[name][1])
+  return results
+
+
+@pytest.mark.parametrize("case", [
+    "unknown model", "unknown attention", "unknown dataset", "unknown config key",
+    "groups do not divide", "one channel per group", "batch not divisible",
+    "missing imagenet tars", "empty split", "missing export", "damaged export",
+    "workdir not writable"])
+def test_bad_input_is_refused_with_one_clear_line(refusals, case):
+  code, lines, expected = refusals[case]
+  assert code != 0
+  assert not any("Traceback" in line for line in lines), "\n".join(lines)
+  errors = [line for line in lines if line.startswith("error: ")]
+  assert len(errors) == 1, "\n".join(lines)
+  assert expected in errors[0]
+  if case == "missing imagenet tars":
+    assert "ILSVRC2012_img_val.tar" in errors[0] and "empty" in errors[0]
