@@ -46,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.log_every_steps = 100
   config.eval_every_epochs = 1            # 0: only at the end
+  config.profile_start_step = -1          # >= 0: JAX profiler trace of steps [start, start + num)
+  config.profile_num_steps = 5            # into the workdir (TensorBoard's profile tab)
   return config
 
 

@@ -39,7 +39,6 @@ import io
 import math
 import os
 import re
-import tempfile
 from typing import Any, Iterator, Optional, Sequence
 
 import flax.linen as nn
@@ -50,6 +49,7 @@ import numpy as np
 
 from lct_flax import attention as attention_lib
 from lct_flax import evaluate as evaluate_lib
+from lct_flax import fileio
 from lct_flax import export as export_lib
 from lct_flax import input_pipeline
 from lct_flax import parallel
@@ -276,23 +276,6 @@ def analyze_export(export_dir: str, *, dataset: Optional[str] = None, split: Opt
 # Output.
 
 
-def _atomic_write(path: str, write) -> None:
-  """Calls write(binary file) on a temporary file next to `path`, then renames it into place."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o666 & ~export_lib._umask())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_csv(path: str, results: Sequence[ModelStats]) -> None:
   text = io.StringIO()
   writer = csv.writer(text)
@@ -307,7 +290,7 @@ def write_csv(path: str, results: Sequence[ModelStats]) -> None:
                          repr(float(block.context_after[channel])),
                          repr(float(block.attention[channel])), repr(float(variation[channel]))])
   data = text.getvalue().encode()
-  _atomic_write(path, lambda f: f.write(data))
+  fileio.atomic_write(path, lambda f: f.write(data))
 
 
 def _figure(columns: int, rows: int):
@@ -320,7 +303,7 @@ def _figure(columns: int, rows: int):
 
 def _save_figure(plt, fig, path: str) -> None:
   fig.tight_layout()
-  _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  fileio.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
   plt.close(fig)
 
 
@@ -392,7 +375,7 @@ def write_outputs(output_dir: str, results: Sequence[ModelStats]) -> list[str]:
         plot(path, results, in_stage)
         paths.append(path)
   json_path = os.path.join(output_dir, "stats.json")
-  evaluate_lib.write_json_atomically(json_path, {"models": [r.to_json() for r in results]})
+  fileio.write_json_atomically(json_path, {"models": [r.to_json() for r in results]})
   csv_path = os.path.join(output_dir, "stats.csv")
   write_csv(csv_path, results)
   return paths + [json_path, csv_path]

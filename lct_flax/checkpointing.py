@@ -23,11 +23,16 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
   """A thin layer over `ocp.CheckpointManager` for one workdir."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3):
+  def __init__(self, directory: str, *, max_to_keep: int = 3, create: bool = True):
+    """`create=False` opens an existing directory for reading and creates nothing."""
     self.directory = os.path.abspath(directory)
+    self._read_only = not create
+    if not create and not os.path.isdir(self.directory):
+      raise CheckpointError(f"{self.directory} does not exist: the run has saved no checkpoint "
+                            f"yet; train longer or point --workdir at another run.")
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                              enable_async_checkpointing=False))
 
   def latest_step(self) -> Optional[int]:
@@ -49,8 +54,8 @@ class Checkpointer:
     of `jax.ShapeDtypeStruct`s).
 
     Without `step`, the newest readable checkpoint: one that fails to read (truncated or damaged
-    files) is reported, renamed to `<step>.damaged` (kept for inspection, never deleted) and the
-    previous one is tried.
+    files) is reported, renamed to `<step>.damaged` (kept for inspection, never deleted; left in
+    place when opened read-only) and the previous one is tried.
     """
     if step is not None:
       if step not in self._manager.all_steps():
@@ -62,10 +67,10 @@ class Checkpointer:
         return self._read(candidate, abstract_state)
       except Exception as error:  # pylint: disable=broad-except  # damage shows in any reader layer
         reason = (str(error).splitlines() or [""])[0][:200]
-        logging.warning("Checkpoint %s is damaged (%s: %s); moving it to %s and using the "
-                        "previous one.", self.path(candidate), type(error).__name__, reason,
-                        self._damaged_path(candidate))
-        self._set_aside(candidate)
+        logging.warning("Checkpoint %s is damaged (%s: %s); using the previous one.",
+                        self.path(candidate), type(error).__name__, reason)
+        if not self._read_only:
+          self._set_aside(candidate)
     raise CheckpointError(f"no readable checkpoint in {self.directory}.")
 
   def _read(self, step: int, abstract_state: Any) -> Any:
@@ -83,6 +88,7 @@ class Checkpointer:
         suffix += 1
         target = f"{self._damaged_path(step)}.{suffix}"
       os.rename(self.path(step), target)
+      logging.warning("Moved the damaged checkpoint to %s.", target)
     multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
     self._manager.reload()
 

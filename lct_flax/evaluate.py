@@ -17,44 +17,23 @@ The result is printed and written as JSON (default `EXPORT_DIR/eval_<dataset>_<s
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re
 import sys
-import tempfile
 import time
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import jax
 import ml_collections
 
 from lct_flax import export as export_lib
+from lct_flax import fileio
 from lct_flax import input_pipeline
 from lct_flax import parallel
 from lct_flax import trainer
 
 DEFAULT_BATCH_SIZE = 128
-
-
-def write_json_atomically(path: str, value: Any) -> None:
-  """Writes `value` as JSON to a temporary file next to `path`, then renames it into place."""
-  path = os.path.abspath(path)
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(value, f, indent=2, sort_keys=True)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o666 & ~export_lib._umask())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def eval_dataset_config(export_config: ml_collections.ConfigDict, *, dataset: Optional[str] = None,
@@ -202,7 +181,7 @@ def main(argv):
                            progress=values.progress)
   output = values.output or default_output_path(values.export, result["dataset"], result["split"])
   if jax.process_index() == 0:
-    write_json_atomically(output, result)
+    fileio.write_json_atomically(output, result)
     print(format_result(result))
     print(f"wrote {os.path.abspath(output)}")
 

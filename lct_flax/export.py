@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lct_flax import fileio
 from lct_flax import models
 
 FORMAT = "lct_flax.export"
@@ -164,25 +165,6 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _umask() -> int:
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
-def _fsync_dir(path: str) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
 def _check_output_free(output: str, overwrite: bool) -> None:
   if os.path.lexists(output) and not overwrite:
     raise ExportError(f"{output} already exists; choose another --output or pass --overwrite "
@@ -215,7 +197,7 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
   try:
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; an export is an ordinary dir
+    os.chmod(tmp, 0o777 & ~fileio.current_umask())  # mkdtemp makes it private; an export is an ordinary dir
     variables_path = os.path.join(tmp, VARIABLES_FILE)
     with open(variables_path, "wb") as f:
       np.savez(f, **flat)
@@ -239,12 +221,12 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
       json.dump(metadata, f, indent=2, sort_keys=True)
       f.flush()
       os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fileio.fsync_dir(tmp)
     _move_into_place(tmp, output, overwrite)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  _fsync_dir(parent)
+  fileio.fsync_dir(parent)
   return output
 
 
@@ -267,13 +249,12 @@ def _move_into_place(tmp: str, output: str, overwrite: bool) -> None:
 
 def restore_inference_variables(workdir: str, step: Optional[int] = None
                                 ) -> tuple[dict, dict, int, int]:
-  """Restores checkpoint `step` (default: newest) of a training workdir.
+  """Restores checkpoint `step` (default: newest) of a training workdir, writing nothing there.
 
   Returns (variables {"params", "batch_stats"} on the host, the training config as a JSON dict,
   num_classes, step).
   """
   from lct_flax import checkpointing  # the training side: only needed to export
-  from lct_flax import parallel
   from lct_flax import trainer
 
   workdir = os.path.abspath(workdir)
@@ -292,39 +273,28 @@ def restore_inference_variables(workdir: str, step: Optional[int] = None
       num_classes = int(json.load(f)["num_classes"])
   except (ValueError, KeyError, TypeError) as error:
     raise ExportError(f"cannot read {config_path} / {model_path}: {error}.") from None
-  checkpoint_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(checkpoint_dir):
-    raise ExportError(f"{checkpoint_dir} does not exist: the run in {workdir} has saved no "
-                      f"checkpoint yet; train longer or point --workdir at a finished run.")
-  checkpointer = checkpointing.Checkpointer(checkpoint_dir)
+  config = ml_collections.ConfigDict(config_json)
+  try:
+    checkpointer = trainer.checkpointer_for(workdir, config, create=False)
+  except checkpointing.CheckpointError as error:
+    raise ExportError(str(error)) from None
   try:
     steps = checkpointer.all_steps()
-    if not steps:
-      raise ExportError(f"no checkpoint in {checkpoint_dir}; train longer or point --workdir at "
-                        f"a finished run.")
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise ExportError(f"no checkpoint for step {step} in {checkpoint_dir}; available steps: "
-                        f"{steps}.")
-    config = ml_collections.ConfigDict(config_json)
-    model = trainer.create_model(config, num_classes)
-    optimizer = trainer.create_optimizer(config, trainer.create_learning_rate_schedule(config, 1))
-    image_shape = (config.dataset.image_size, config.dataset.image_size, 3)
-    replicated = parallel.replicated_sharding(parallel.create_mesh(jax.local_devices()))
-    abstract = jax.eval_shape(
-        functools.partial(trainer.init_state, model, optimizer, config.seed, image_shape))
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
-    try:
-      state = checkpointer.restore(abstract, step)
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
-      raise ExportError(f"cannot restore {checkpointer.path(step)} with the workdir's own config "
-                        f"({type(error).__name__}: {str(error).strip().splitlines()[0]}).") from None
   finally:
     checkpointer.close()
-  variables = jax.device_get(state.variables)
-  return variables, config_json, num_classes, int(step)
+  if not steps:
+    raise ExportError(f"no checkpoint in {checkpointer.directory}; train longer or point "
+                      f"--workdir at a finished run.")
+  if step is not None and step not in steps:
+    raise ExportError(f"no checkpoint for step {step} in {checkpointer.directory}; available "
+                      f"steps: {steps}.")
+  try:
+    state = trainer.restore_state(config, workdir, step)
+  except (checkpointing.CheckpointError, ValueError, KeyError, TypeError,
+          FileNotFoundError) as error:
+    raise ExportError(f"cannot restore a checkpoint of {workdir} with the workdir's own config "
+                      f"({type(error).__name__}: {str(error).strip().splitlines()[0]}).") from None
+  return jax.device_get(state.variables), config_json, num_classes, int(state.step)
 
 
 def export_workdir(workdir: str, output: str, step: Optional[int] = None, *,

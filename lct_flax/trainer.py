@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import tempfile
 import time
@@ -28,10 +27,12 @@ from absl import logging
 from clu import metric_writers
 
 from lct_flax import checkpointing
+from lct_flax import fileio
 from lct_flax import input_pipeline
 from lct_flax import models
 from lct_flax import parallel
 from lct_flax import preemption
+from lct_flax import profiling
 
 # Keys every training config has (DESIGN.md); the loop refuses a config that lacks one.
 REQUIRED_KEYS = ("batch_size", "num_epochs", "num_train_steps", "seed", "checkpoint_every_steps",
@@ -228,15 +229,6 @@ def check_workdir_writable(workdir: str) -> None:
                         f"choose another --workdir.") from error
 
 
-def write_json_atomically(path: str, value: Any) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _format_duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -312,7 +304,6 @@ def build_experiment(config: ml_collections.ConfigDict, *, num_classes: Optional
   be) gives the number of classes and steps per epoch unless they are passed in."""
   check_config(config)
   mesh = parallel.create_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
   if num_classes is None or steps_per_epoch is None:
     input_pipeline.prepare_dataset(config.dataset)
     num_classes = input_pipeline.get_dataset_info(config.dataset).num_classes
@@ -325,15 +316,16 @@ def build_experiment(config: ml_collections.ConfigDict, *, num_classes: Optional
                     optimizer=create_optimizer(config, schedule))
 
 
-def checkpointer_for(workdir: str, config: ml_collections.ConfigDict) -> checkpointing.Checkpointer:
+def checkpointer_for(workdir: str, config: ml_collections.ConfigDict, *,
+                     create: bool = True) -> checkpointing.Checkpointer:
   return checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.get("keep_checkpoints", 3))
+                                    max_to_keep=config.get("keep_checkpoints", 3), create=create)
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str,
                   step: Optional[int] = None) -> TrainState:
   """The TrainState of checkpoint `step` (default: the newest) of the run in `workdir`. Needs no
-  dataset: the number of classes comes from the workdir's model.json."""
+  dataset (the number of classes comes from the workdir's model.json) and writes nothing."""
   path = os.path.join(workdir, "model.json")
   if not os.path.exists(path):
     raise checkpointing.CheckpointError(f"{workdir} holds no training run (no model.json); "
@@ -342,7 +334,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
     num_classes = json.load(f)["num_classes"]
   # The optimizer state's structure does not depend on the schedule, so any steps_per_epoch fits.
   experiment = build_experiment(config, num_classes=num_classes, steps_per_epoch=1)
-  checkpointer = checkpointer_for(workdir, config)
+  checkpointer = checkpointer_for(workdir, config, create=False)
   try:
     return checkpointer.restore(experiment.abstract_state(), step)
   finally:
@@ -359,6 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `{"image", "label"}`. Returns the final eval metrics (with "step").
   """
   experiment = build_experiment(config)
+  parallel.check_batch_size(config.batch_size, experiment.mesh)
   model, schedule = experiment.model, experiment.schedule
   steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
   replicated, data_sharding = experiment.replicated, experiment.data_sharding
@@ -374,8 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     state = experiment.init_fn()()
   if is_writer:
-    write_json_atomically(os.path.join(workdir, "model.json"), identity)
-    write_json_atomically(os.path.join(workdir, "config.json"),
+    fileio.write_json_atomically(os.path.join(workdir, "model.json"), identity)
+    fileio.write_json_atomically(os.path.join(workdir, "config.json"),
                           json.loads(config.to_json_best_effort()))
 
   p_train_step = jax.jit(
@@ -405,11 +398,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   logging.info("Training %s (%s) for %d steps (%d per epoch) on %d devices, from step %d",
                config.model.name, config.model.attention, total_steps, steps_per_epoch,
                experiment.mesh.devices.size, start_step)
+  profiler = profiling.StepProfiler(workdir, config.profile_start_step, config.profile_num_steps)
   step = start_step
   preempted = False
   try:
     with preemption.PreemptionWatcher() as watcher:
       while step < total_steps and not preempted:
+        profiler.step(step, wait_for=state)
         state, metrics = p_train_step(state, next(batches))
         step += 1
         pending_metrics.append(metrics)
@@ -437,7 +432,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           logging.warning("Stopped at step %d (%s); checkpoint %s. Run the same command to "
                           "resume.", step, watcher.received or "preemption",
                           checkpointer.path(step))
+    profiler.stop(state)
   finally:
+    profiler.stop()  # after an error: end the trace without waiting on the (maybe donated) state
     writer.flush()
     checkpointer.close()
   return {"step": step, "preempted": preempted, **eval_metrics}

@@ -66,17 +66,13 @@ def tiny_demo_run(_prepared_digits, tmp_path_factory):
   """
   import types
 
-  from configs import demo
   from lct_flax import trainer
+  from tiny import tiny_demo_config
 
-  config = demo.get_config()
-  config.dataset.data_dir = _prepared_digits.data_dir
-  config.num_train_steps = TINY_DEMO["num_train_steps"]
-  config.model.width = TINY_DEMO["width"]
-  config.dataset.image_size = TINY_DEMO["image_size"]
-  config.dataset.resize_size = TINY_DEMO["image_size"]
-  config.log_every_steps = TINY_DEMO["log_every_steps"]
-  config.checkpoint_every_steps = 100_000
+  config = tiny_demo_config(_prepared_digits.data_dir,
+                            num_train_steps=TINY_DEMO["num_train_steps"],
+                            log_every_steps=TINY_DEMO["log_every_steps"],
+                            checkpoint_every_steps=100_000, eval_every_epochs=1)
   workdir = str(tmp_path_factory.mktemp("tiny_demo_workdir"))
   metrics = trainer.train_and_evaluate(config, workdir)
   return types.SimpleNamespace(config=config, workdir=workdir, metrics=metrics)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from lct_flax import evaluate
+from lct_flax import fileio
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +51,7 @@ def test_other_batch_sizes_still_count_every_example_once(tiny_demo_run, tiny_de
   assert result["top5"] == pytest.approx(tiny_demo_run.metrics["eval_top5"], abs=1.5 / 360)
   assert result["loss"] == pytest.approx(tiny_demo_run.metrics["eval_loss"], rel=1e-4)
   output = str(tmp_path / "sub" / "result.json")
-  evaluate.write_json_atomically(output, result)
+  fileio.write_json_atomically(output, result)
   assert json.load(open(output))["count"] == 360
   assert os.listdir(tmp_path / "sub") == ["result.json"]
 

@@ -2,7 +2,6 @@
 clear one-line errors for missing or damaged exports and workdirs."""
 
 import hashlib
-import io
 import json
 import os
 import shutil

@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 
 from lct_flax import trainer
+from tiny import tiny_demo_config, tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "AVX", "rebuild TensorFlow")
-
-
-def tiny_flags(data_dir, **overrides):
-  values = {"dataset.data_dir": data_dir, "dataset.image_size": 16, "dataset.resize_size": 16,
-            "model.width": 0.125, "batch_size": 32, "eval_every_epochs": 0, "log_every_steps": 1,
-            **overrides}
-  return [f"--config.{k}={v}" for k, v in values.items()]
 
 
 def train_command(workdir, flags, config="configs/demo.py"):
@@ -77,19 +71,6 @@ def state_leaves(config, workdir):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
 
 
-def config_for(flags):
-  from configs import demo
-  config = demo.get_config()
-  for flag in flags:
-    key, value = flag[len("--config."):].split("=", 1)
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
-  return config
-
-
 def kill_during_checkpoint_write(run, checkpoints):
   """SIGKILLs `run` the moment an unfinished (temporary) checkpoint directory appears."""
   while run.proc.poll() is None:
@@ -101,7 +82,8 @@ def kill_during_checkpoint_write(run, checkpoints):
 
 
 def test_sigkill_at_random_moments_loses_nothing(digits_config, tmp_path):
-  flags = tiny_flags(digits_config.data_dir, num_train_steps=40, checkpoint_every_steps=4)
+  overrides = dict(num_train_steps=40, checkpoint_every_steps=4, log_every_steps=1)
+  flags = tiny_flags(digits_config.data_dir, **overrides)
   straight = Run(train_command(tmp_path / "straight", flags))
   assert straight.finish() == 0, straight.output[-3000:]
 
@@ -123,13 +105,13 @@ def test_sigkill_at_random_moments_loses_nothing(digits_config, tmp_path):
       break
     assert run.proc.returncode == -signal.SIGKILL, run.output[-3000:]
   assert hit_a_write and kills >= 3
-  config = config_for(flags)
+  config = tiny_demo_config(digits_config.data_dir, **overrides)
   for a, b in zip(state_leaves(config, tmp_path / "straight"), state_leaves(config, workdir)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits_zero(digits_config, tmp_path):
-  flags = tiny_flags(digits_config.data_dir, num_train_steps=400, checkpoint_every_steps=1000)
+  flags = tiny_flags(digits_config.data_dir, num_train_steps=400, log_every_steps=1)
   run = Run(train_command(tmp_path, flags))
   run.wait_for("step 3/400")
   run.proc.send_signal(signal.SIGTERM)
@@ -139,15 +121,14 @@ def test_sigterm_checkpoints_the_current_step_and_exits_zero(digits_config, tmp_
   step = int(stopped[0].split("Stopped at step ")[1].split()[0])
   assert os.listdir(tmp_path / "checkpoints") == [str(step)]
   resumed = Run(train_command(tmp_path, tiny_flags(
-      digits_config.data_dir, num_train_steps=step + 2, checkpoint_every_steps=1000)))
+      digits_config.data_dir, num_train_steps=step + 2, log_every_steps=1)))
   assert resumed.finish() == 0, resumed.output[-3000:]
   assert f"from step {step}" in resumed.output
   assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [step, step + 2]
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(digits_config, tmp_path):
-  config = config_for(tiny_flags(digits_config.data_dir, num_train_steps=4,
-                                 checkpoint_every_steps=2))
+  config = tiny_demo_config(digits_config.data_dir, num_train_steps=4, checkpoint_every_steps=2)
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
   files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "run" / "checkpoints" / "4")
            for f in fs]
@@ -179,19 +160,19 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
     f.truncate(100)
   evaluate = [sys.executable, "-m", "lct_flax.evaluate"]
   cases = {
-      "unknown model": (train_command(base / "a", tiny_flags(data, **{"model.name": "resnet20"})),
+      "unknown model": (train_command(base / "a", tiny_flags(data, model__name="resnet20")),
                         "unknown model 'resnet20'", None),
       "unknown attention": (train_command(base / "b", tiny_flags(
-          data, **{"model.attention": "cbam"})), "unknown attention 'cbam'", None),
+          data, model__attention="cbam")), "unknown attention 'cbam'", None),
       "unknown dataset": (train_command(base / "c", tiny_flags(
-          data, **{"dataset.name": "nosuchdataset"})), "unknown dataset 'nosuchdataset'", None),
+          data, dataset__name="nosuchdataset")), "unknown dataset 'nosuchdataset'", None),
       "unknown config key": (train_command(base / "d", tiny_flags(data, foo=1)),
                              "the config has no key 'foo'", None),
       "groups do not divide": (train_command(base / "e", tiny_flags(
-          data, **{"model.attention_kwargs.groups": 3})), "3 groups do not divide 8 channels",
+          data, model__attention_kwargs__groups=3)), "3 groups do not divide 8 channels",
                                None),
       "one channel per group": (train_command(base / "f", tiny_flags(
-          data, **{"model.attention_kwargs.groups": 8})),
+          data, model__attention_kwargs__groups=8)),
                                 "8 channels in 8 groups leave 1 channel per group", None),
       "batch not divisible": (train_command(base / "g", tiny_flags(data, batch_size=33)),
                               "batch_size 33 is not divisible by the 2 devices",
@@ -200,7 +181,7 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
           f"--config.dataset.data_dir={base / 'empty'}"], config="configs/lct_resnet50.py"),
                                 "ILSVRC2012_img_train.tar", None),
       "empty split": (train_command(base / "i", tiny_flags(
-          data, **{"dataset.train_split": "train[:0]"})), "train[:0]", None),
+          data, dataset__train_split="train[:0]")), "train[:0]", None),
       "missing export": (evaluate + [f"--export={base / 'no_export'}"], "no_export", None),
       "damaged export": (evaluate + [f"--export={damaged}"], "variables.npz", None),
       "workdir not writable": (train_command("/etc/passwd/run", tiny_flags(data)),

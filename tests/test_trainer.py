@@ -17,6 +17,7 @@ import pytest
 from configs import demo
 from lct_flax import flops
 from lct_flax import trainer
+from tiny import tiny_demo_config, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "train_worker.py")
@@ -98,26 +99,6 @@ def test_optimizer_is_pytorch_sgd_with_coupled_weight_decay():
   np.testing.assert_allclose(params["w"], p_torch, rtol=1e-6)
 
 
-def tiny_demo_config(data_dir, **overrides):
-  """The demo config shrunk for tests: 16 px digits, width 1/8."""
-  config = demo.get_config()
-  config.dataset.data_dir = data_dir
-  config.dataset.image_size = 16
-  config.dataset.resize_size = 16
-  config.model.width = 0.125
-  config.batch_size = 32
-  config.log_every_steps = 5
-  config.checkpoint_every_steps = 1000
-  config.eval_every_epochs = 0
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
-
-
 @pytest.fixture
 def digits_dir(digits_config):
   return digits_config.data_dir
@@ -129,7 +110,7 @@ def flat_state(state):
 
 
 def test_demo_config_learns_digits(digits_dir, tmp_path):
-  config = tiny_demo_config(digits_dir, num_train_steps=200, **{"model.width": 0.25})
+  config = tiny_demo_config(digits_dir, num_train_steps=200, model__width=0.25)
   config.lr_decay_epochs = (6, 8)
   result = trainer.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 200 and result["eval_count"] == 360
@@ -155,8 +136,9 @@ def test_resume_is_bitwise_identical_to_a_straight_run(digits_dir, tmp_path):
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_train_step_on_the_imagenet_tars(imagenet_config, tmp_path):
-  config = tiny_demo_config(None, num_train_steps=3, batch_size=4, log_every_steps=1)
+def test_train_step_on_the_imagenet_tars_with_a_profile(imagenet_config, tmp_path):
+  config = tiny_demo_config(None, num_train_steps=3, batch_size=4, log_every_steps=1,
+                            profile_start_step=1, profile_num_steps=1)
   config.dataset = imagenet_config
   config.model.attention = "se"
   config.model.attention_kwargs = {"reduction": 4}
@@ -164,6 +146,8 @@ def test_train_step_on_the_imagenet_tars(imagenet_config, tmp_path):
   assert result["step"] == 3 and result["eval_count"] == 9
   params = trainer.restore_state(config, str(tmp_path)).params
   assert params["fc"]["kernel"].shape == (512 // 8, 1000)
+  traces = [f for _, _, files in os.walk(tmp_path / "plugins" / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces)
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(digits_dir, tmp_path):
@@ -183,7 +167,7 @@ def test_incompatible_workdir_is_refused_and_left_alone(digits_dir, tmp_path):
   trainer.train_and_evaluate(tiny_demo_config(digits_dir, num_train_steps=2), str(tmp_path))
   snapshot = {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(tmp_path)
               for p in files}
-  other = tiny_demo_config(digits_dir, num_train_steps=4, **{"model.attention": "se"})
+  other = tiny_demo_config(digits_dir, num_train_steps=4, model__attention="se")
   other.model.attention_kwargs = {"reduction": 4}
   with pytest.raises(trainer.TrainingError,
                      match=r"model.attention: 'lct' in the workdir vs 'se' now"):
@@ -243,9 +227,8 @@ def assert_same_training(a, b):
 def multi_device_overrides(digits_dir):
   # A small learning rate keeps six steps out of the chaotic regime in which float reduction-order
   # differences grow to percent level (seen at lr 0.1), so the comparison can be tight.
-  return {"learning_rate": 0.01, "dataset.data_dir": digits_dir, "dataset.image_size": 16, "dataset.resize_size": 16,
-          "model.width": 0.125, "batch_size": 16, "num_train_steps": 6, "log_every_steps": 1,
-          "checkpoint_every_steps": 1000, "eval_every_epochs": 0}
+  return tiny_overrides(digits_dir, learning_rate=0.01, batch_size=16, num_train_steps=6,
+                        log_every_steps=1)
 
 
 def test_one_device_and_eight_devices_train_the_same(digits_dir, tmp_path):

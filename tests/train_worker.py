@@ -37,6 +37,7 @@ def main():
 
   from configs import demo
   from lct_flax import input_pipeline, parallel, trainer
+  import tiny
 
   if args.coordinator_address:
     parallel.initialize_distributed(parallel.DistributedSettings(
@@ -45,23 +46,18 @@ def main():
         initialization_timeout=60))
   config = demo.get_config()
   for key, value in json.loads(args.config_json).items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = tuple(value) if isinstance(value, list) else value
+    tiny.set_key(config, key, value)
 
-  train_batches = None
-  if args.emulate_processes:
-    def train_batches(start_step):
-      shares = [input_pipeline.create_train_iterator(
-          config.dataset, global_batch_size=config.batch_size, seed=config.seed,
-          start_step=start_step, process_index=i, process_count=args.emulate_processes)
-                for i in range(args.emulate_processes)]
-      for parts in zip(*shares):
-        yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  def emulated_batches(start_step):
+    shares = [input_pipeline.create_train_iterator(
+        config.dataset, global_batch_size=config.batch_size, seed=config.seed,
+        start_step=start_step, process_index=i, process_count=args.emulate_processes)
+              for i in range(args.emulate_processes)]
+    for parts in zip(*shares):
+      yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  result = trainer.train_and_evaluate(config, args.workdir, train_batches=train_batches)
+  result = trainer.train_and_evaluate(
+      config, args.workdir, train_batches=emulated_batches if args.emulate_processes else None)
   state = trainer.restore_state(config, args.workdir)
   variables = jax.tree.map(np.asarray, jax.device_get(
       {"params": state.params, "batch_stats": state.batch_stats}))
