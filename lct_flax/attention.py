@@ -154,5 +154,6 @@ def attention_factory(attention: Optional[str], **kwargs) -> Optional[Callable[.
   options = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   unknown = sorted(set(kwargs) - options)
   if unknown:
-    raise ValueError(f"attention {key!r} has no option(s) {unknown}; its options are {sorted(options)}.")
+    raise ValueError(f"attention {key!r} has no option(s) {unknown}; "
+                     f"its options are {sorted(options)}.")
   return functools.partial(block, **kwargs)

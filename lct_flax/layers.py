@@ -104,8 +104,8 @@ def _group_moments(x: jax.Array, group_size: int | None):
   n = x.shape[0]
   g = n if group_size is None else group_size
   if g < 1 or n % g:
-    raise ValueError(f"BatchNorm: batch of {n} examples does not split into groups of {group_size}; "
-                     f"set bn_group_size to a divisor of the per-step batch.")
+    raise ValueError(f"BatchNorm: batch of {n} examples does not split into groups of "
+                     f"{group_size}; set bn_group_size to a divisor of the per-step batch.")
   xg = x.reshape((n // g, -1, x.shape[-1]))
   mean = jnp.mean(xg, axis=1)
   var = jnp.mean(jnp.square(xg - mean[:, None, :]), axis=1)
@@ -116,4 +116,5 @@ def _expand_groups(stat: jax.Array, shape) -> jax.Array:
   """(num_groups, C) -> broadcastable against the NHWC batch it was computed from."""
   num_groups = stat.shape[0]
   per_group = shape[0] // num_groups
-  return jnp.repeat(stat, per_group, axis=0).reshape((shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],))
+  broadcast_shape = (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],)
+  return jnp.repeat(stat, per_group, axis=0).reshape(broadcast_shape)

@@ -73,5 +73,6 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   """Refuses a global batch that does not split evenly over the mesh's devices."""
   n = mesh.devices.size
   if global_batch_size % n:
+    suggestion = n * max(1, global_batch_size // n)
     raise ValueError(f"batch_size {global_batch_size} is not divisible by the {n} devices; "
-                     f"use a multiple of {n} (e.g. --config.batch_size={n * max(1, global_batch_size // n)}).")
+                     f"use a multiple of {n} (e.g. --config.batch_size={suggestion}).")
