@@ -1,6 +1,7 @@
 """Fault injection and refusals through the real entry points: SIGKILL at random moments (one of
 them inside a checkpoint write), SIGTERM, damaged checkpoints, and one clear line per bad input."""
 
+import json
 import os
 import random
 import shutil
@@ -213,3 +214,21 @@ def test_bad_input_is_refused_with_one_clear_line(refusals, case):
   assert expected in errors[0]
   if case == "missing imagenet tars":
     assert "ILSVRC2012_img_val.tar" in errors[0] and "empty" in errors[0]
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(digits_config, tmp_path):
+  from test_trainer import WORKER, free_port
+  from tiny import tiny_overrides
+  overrides = tiny_overrides(digits_config.data_dir, batch_size=16, num_train_steps=100_000,
+                             log_every_steps=1)
+  address = f"127.0.0.1:{free_port()}"
+  runs = [Run([sys.executable, WORKER, "--devices=2", f"--workdir={tmp_path}",
+               f"--config_json={json.dumps(overrides)}", f"--coordinator_address={address}",
+               "--num_processes=2", f"--process_id={i}"]) for i in range(2)]
+  runs[0].wait_for("step 3/100000")
+  runs[0].proc.send_signal(signal.SIGTERM)
+  assert [run.finish() for run in runs] == [0, 0], runs[0].output[-2000:] + runs[1].output[-2000:]
+  stopped = [[line.split("Stopped at step ")[1].split()[0] for line in run.lines
+              if "Stopped at step" in line] for run in runs]
+  assert len(stopped[0]) == 1 and stopped[0] == stopped[1]
+  assert os.listdir(tmp_path / "checkpoints") == stopped[0]

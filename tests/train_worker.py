@@ -31,6 +31,8 @@ def main():
   args = parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from absl import logging
+  logging.set_verbosity(logging.INFO)  # the tests read the progress lines
   import jax
   import numpy as np
   from flax import traverse_util
