@@ -32,6 +32,20 @@ def clean_env(**extra):
   return env
 
 
+_STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_runs():
+  """A failing test must not leave its training processes running (they slow everything after)."""
+  yield
+  while _STARTED:
+    proc = _STARTED.pop()
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+
+
 class Run:
   """A training process whose stderr is collected line by line as it runs."""
 
@@ -39,6 +53,7 @@ class Run:
     self.lines = []
     self.proc = subprocess.Popen(command, cwd=REPO, env=env or clean_env(), text=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _STARTED.append(self.proc)
     self._reader = threading.Thread(target=self._read, daemon=True)
     self._reader.start()
 
@@ -191,6 +206,7 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
   procs = {name: subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
            for name, (cmd, _, env) in cases.items()}
+  _STARTED.extend(procs.values())
   results = {}
   for name, proc in procs.items():
     out, err = proc.communicate(timeout=600)

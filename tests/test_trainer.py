@@ -191,7 +191,12 @@ def run_workers(commands, timeout=420):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   procs = [subprocess.Popen([sys.executable, WORKER, *cmd], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for cmd in commands]
-  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  try:
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
 
