@@ -64,8 +64,8 @@ class ExportError(ValueError):
 # Flat <-> nested variables.
 
 
-def flatten_variables(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """{"params": {...}, "batch_stats": {...}} -> {"params/a/b": array, ...} (numpy, host)."""
+def _flatten(variables: Mapping[str, Any], leaf=lambda x: x) -> dict[str, Any]:
+  """{"params": {...}, "batch_stats": {...}} -> {"params/a/b": leaf(value), ...}."""
   flat = {}
 
   def visit(prefix, node):
@@ -75,12 +75,17 @@ def flatten_variables(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
           raise ExportError(f"variable name {key!r} under {prefix} contains '/'.")
         visit(f"{prefix}/{key}", node[key])
     else:
-      flat[prefix] = np.asarray(jax.device_get(node))
+      flat[prefix] = leaf(node)
 
   for collection in COLLECTIONS:
     if collection in variables:
       visit(collection, variables[collection])
   return flat
+
+
+def flatten_variables(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """{"params": {...}, "batch_stats": {...}} -> {"params/a/b": array, ...} (numpy, host)."""
+  return _flatten(variables, lambda node: np.asarray(jax.device_get(node)))
 
 
 def unflatten_variables(flat: Mapping[str, Any]) -> dict:
@@ -346,18 +351,7 @@ def read_metadata(export_dir: str) -> dict:
 
 def _check_variables(flat: Mapping[str, Any], model: models.ResNet, image_size: int,
                      where: str) -> None:
-  abstract = abstract_variables(model, image_size)
-  expected = {}
-
-  def visit(prefix, node):
-    if isinstance(node, Mapping):
-      for key in node:
-        visit(f"{prefix}/{key}", node[key])
-    else:
-      expected[prefix] = node
-
-  for collection, tree in abstract.items():
-    visit(collection, tree)
+  expected = _flatten(abstract_variables(model, image_size))
   missing = sorted(set(expected) - set(flat))
   unexpected = sorted(set(flat) - set(expected))
   if missing or unexpected:
