@@ -25,9 +25,10 @@ column per block of stage S; stages are numbered as in the paper, the stem being
 `layer1_*` is stage 2 and ResNet-50's last stage is stage 5), `stats.json` (everything, per model and block) and `stats.csv`
 (one row per model, block and channel, in sorted order).
 
-The block inputs and outputs are captured with `flax.linen.intercept_methods` around the
-attention modules, pooled and summed over masked examples inside the jitted step, so only (C,)
-vectors leave the devices.
+The contexts are captured with `flax.linen.intercept_methods` around the attention modules'
+`gate` (context in, attention out; the context after the block is context x attention, as the
+attention is constant over H and W), summed over masked examples inside the jitted step, so only
+(C,) vectors leave the devices.
 """
 
 from __future__ import annotations
@@ -167,14 +168,13 @@ def attention_blocks(params: Any, module_name: str, all_blocks: bool = False) ->
 
 
 def _capture_contexts(next_fun, args, kwargs, context):
-  """Interceptor: sows the pooled input and output of every attention block's __call__."""
+  """Interceptor: sows the context before and after every attention block, from its `gate`."""
   out = next_fun(*args, **kwargs)
-  if context.method_name == "__call__" and isinstance(context.module,
-                                                      (attention_lib.LCT, attention_lib.SE)):
-    context.module.sow("intermediates", "context_before",
-                       jnp.mean(args[0], axis=(1, 2), dtype=jnp.float32))
-    context.module.sow("intermediates", "context_after",
-                       jnp.mean(out, axis=(1, 2), dtype=jnp.float32))
+  if context.method_name == "gate" and isinstance(context.module,
+                                                  (attention_lib.LCT, attention_lib.SE)):
+    before = args[0].astype(jnp.float32)
+    context.module.sow("intermediates", "context_before", before)
+    context.module.sow("intermediates", "context_after", before * out)
   return out
 
 

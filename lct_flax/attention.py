@@ -1,8 +1,11 @@
 """Channel-attention blocks: LCT (Ruan et al., AAAI 2020, eqs. 2-5), SE and SE+ (Table 4).
 
-All blocks take NHWC activations and return them rescaled per channel. Context pooling and group
-statistics are computed in float32 whatever the activation dtype; the output keeps the activation
-dtype. Nothing here knows about training, so the blocks can be used alone in a notebook.
+All blocks take NHWC activations and return them rescaled per channel: `block(x)` is
+`rescale(x, block.gate(mean_hw(x)))`, where `gate` maps the pooled (N, C) context to the (N, C)
+attention. The ResNets call `gate` from their last BatchNorm, which pools and rescales in fewer
+passes (`layers.BatchNorm`); the parameters and values are the same. Context pooling, group
+statistics and the attention are float32 whatever the activation dtype; the output keeps the
+activation dtype. Nothing here knows about training, so the blocks can be used alone in a notebook.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ class LCT(nn.Module):
   a = w * zhat + b, one (w, b) pair per channel (eq. 4); y = x * sigmoid(a) (eq. 5).
   Table 5's best initialisation w=0, b=1 is the default. `use_norm=False` is Table 3's
   "w/o normalization" (a = w * z + b); `use_transform=False` is "w/o transform" (a = zhat, no
-  parameters).
+  parameters). `gate` alone maps a context z to sigmoid(a), for callers that pool and rescale
+  themselves (the ResNet blocks fold both into their last BatchNorm: `layers.BatchNorm`).
   """
   groups: int = 64
   epsilon: float = 1e-5
@@ -81,16 +85,20 @@ class LCT(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
+    return rescale(x, self.gate(layers.GlobalAvgPool(name="pool")(x)))
+
+  @nn.compact
+  def gate(self, context: jax.Array) -> jax.Array:
+    """Eqs. (2)-(4) and the sigmoid of eq. (5): (N, C) context -> (N, C) attention, float32."""
+    channels = context.shape[-1]
     if self.use_norm:
       check_groups("LCT", channels, self.groups)
-    z = layers.GlobalAvgPool(name="pool")(x)
-    a = normalize_groups(z, self.groups, self.epsilon) if self.use_norm else z
+    a = normalize_groups(context, self.groups, self.epsilon) if self.use_norm else context
     if self.use_transform:
       w = self.param("w", _constant(self.w_init), (channels,), jnp.float32)
       b = self.param("b", _constant(self.b_init), (channels,), jnp.float32)
       a = w * a + b
-    return _rescale(self, x, a)
+    return _attention(self, a)
 
 
 class SE(nn.Module):
@@ -107,25 +115,35 @@ class SE(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
+    return rescale(x, self.gate(layers.GlobalAvgPool(name="pool")(x)))
+
+  @nn.compact
+  def gate(self, context: jax.Array) -> jax.Array:
+    """(N, C) context -> (N, C) attention sigmoid(W2 relu(W1 z + b1) + b2), float32 (the two
+    layers run in float32 whatever the activation dtype: they are N x C x C/r multiply-adds)."""
+    channels = context.shape[-1]
     name = "SE+" if self.use_norm else "SE"
     check_reduction(name, channels, self.reduction)
+    z = context.astype(jnp.float32)
     if self.use_norm:
       check_groups(name, channels, self.groups)
-    z = layers.GlobalAvgPool(name="pool")(x)
-    if self.use_norm:
       z = normalize_groups(z, self.groups, self.epsilon)
-    dense = functools.partial(nn.Dense, dtype=x.dtype, param_dtype=jnp.float32,
+    dense = functools.partial(nn.Dense, dtype=jnp.float32, param_dtype=jnp.float32,
                               kernel_init=layers.he_fan_out_normal)
     h = layers.ReLU(name="relu")(dense(channels // self.reduction, name="fc1")(z))
-    return _rescale(self, x, dense(channels, name="fc2")(h))
+    return _attention(self, dense(channels, name="fc2")(h))
 
 
-def _rescale(block: nn.Module, x: jax.Array, a: jax.Array) -> jax.Array:
-  """Eq. (5): y = x * sigmoid(a), per channel. The attention values (N, C), float32, are sown into
-  the "intermediates" collection (kept only when it is mutable, e.g. for the Fig. 3 analysis)."""
+def _attention(block: nn.Module, a: jax.Array) -> jax.Array:
+  """sigmoid(a) in float32, sown into the "intermediates" collection as "attention" (kept only
+  when it is mutable, e.g. for the Fig. 3 analysis)."""
   attention = nn.sigmoid(a.astype(jnp.float32))
   block.sow("intermediates", "attention", attention)
+  return attention
+
+
+def rescale(x: jax.Array, attention: jax.Array) -> jax.Array:
+  """Eq. (5): y = x * attention, per example and channel; x is NHWC, attention (N, C)."""
   return x * attention[:, None, None, :].astype(x.dtype)
 
 

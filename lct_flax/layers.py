@@ -8,6 +8,7 @@ ReLU and the pooling layers are modules (not bare functions) so that the operati
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -69,6 +70,15 @@ class BatchNorm(nn.Module):
   consecutive examples with its own statistics (the per-GPU BatchNorm of multi-GPU PyTorch
   training); None uses the whole (global) batch. Variables are named as flax's BatchNorm's:
   params `scale`, `bias`; batch_stats `mean`, `var`.
+
+  `gate` (optional) is the gate of a channel-attention block that follows this layer: a function
+  from the per-example spatial mean of the normalised output, (N, C) float32, to per-example channel
+  multipliers (N, C) (`attention.LCT.gate`, `attention.SE.gate`). The output is then
+  BN(x) * gate(mean_hw BN(x)), the same values as the attention block applied to BN's output, but
+  computed as (x - mean) * (k * g) + bias * g with k = scale / sqrt(var + eps): the context is
+  the affine image of x's own spatial mean (which also gives the batch mean), and neither BN(x)
+  nor the gated output is an array of its own, so training does not keep an extra activation for
+  the gradient of the gate (bench/RESULTS.md).
   """
   use_running_average: bool
   momentum: float = 0.9
@@ -78,36 +88,52 @@ class BatchNorm(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array,
+               gate: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     channels = x.shape[-1]
     scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
     running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
     xf = x.astype(jnp.float32)
+    example_means = None if gate is None else GlobalAvgPool(name="pool")(xf)
     if self.use_running_average:
       mean, var = running_mean.value, running_var.value
     else:
-      mean, var, count = _group_moments(xf, self.group_size)
+      mean, var, count = _group_moments(xf, self.group_size, example_means)
       if not self.is_initializing():
         m = self.momentum
         unbiased = var * (count / max(count - 1, 1))
         running_mean.value = m * running_mean.value + (1 - m) * jnp.mean(mean, axis=0)
         running_var.value = m * running_var.value + (1 - m) * jnp.mean(unbiased, axis=0)
       mean, var = _expand_groups(mean, x.shape), _expand_groups(var, x.shape)
-    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    k = jax.lax.rsqrt(var + self.epsilon) * scale
+    if gate is None:
+      y = (xf - mean) * k + bias
+    else:
+      n = x.shape[0]
+      context = ((example_means[:, None, None, :] - mean) * k + bias).reshape(n, channels)
+      g = gate(context).astype(jnp.float32)[:, None, None, :]
+      y = (xf - mean) * (k * g) + bias * g
     return y.astype(self.dtype)
 
 
-def _group_moments(x: jax.Array, group_size: int | None):
-  """Mean and biased variance per group of examples: shapes (num_groups, C), plus the count."""
+def _group_moments(x: jax.Array, group_size: int | None, example_means: jax.Array | None = None):
+  """Mean and biased variance per group of examples: shapes (num_groups, C), plus the count.
+
+  `example_means` (N, C), the spatial mean of each example, when the caller has it: the group
+  mean is then their mean (every example has the same number of positions), one pass fewer.
+  """
   n = x.shape[0]
   g = n if group_size is None else group_size
   if g < 1 or n % g:
     raise ValueError(f"BatchNorm: batch of {n} examples does not split into groups of "
                      f"{group_size}; set bn_group_size to a divisor of the per-step batch.")
   xg = x.reshape((n // g, -1, x.shape[-1]))
-  mean = jnp.mean(xg, axis=1)
+  if example_means is None:
+    mean = jnp.mean(xg, axis=1)
+  else:
+    mean = jnp.mean(example_means.reshape((n // g, g, x.shape[-1])), axis=1)
   var = jnp.mean(jnp.square(xg - mean[:, None, :]), axis=1)
   return mean, var, xg.shape[1]
 

@@ -52,19 +52,21 @@ class ResidualBlock(nn.Module):
       y = self.conv(self.planes, (3, 3), strides=self.stride, padding=1, name="conv2")(y)
       y = layers.ReLU(name="relu2")(self.norm(name="bn2")(y))
       y = self.conv(out_channels, (1, 1), name="conv3")(y)
-      y = self.norm(scale_init=last_bn_init, name="bn3")(y)
+      y = self.norm(scale_init=last_bn_init, name="bn3")(y, gate=self._attention_gate())
     else:
       y = self.conv(self.planes, (3, 3), strides=self.stride, padding=1, name="conv1")(x)
       y = layers.ReLU(name="relu1")(self.norm(name="bn1")(y))
       y = self.conv(out_channels, (3, 3), padding=1, name="conv2")(y)
-      y = self.norm(scale_init=last_bn_init, name="bn2")(y)
-    if self.attention is not None:
-      y = self.attention(name=self.attention_name)(y)
+      y = self.norm(scale_init=last_bn_init, name="bn2")(y, gate=self._attention_gate())
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_channels:
       shortcut = self.conv(out_channels, (1, 1), strides=self.stride, name="downsample_conv")(x)
       shortcut = self.norm(name="downsample_bn")(shortcut)
     return layers.ReLU(name="relu_out")(shortcut + y)
+
+  def _attention_gate(self):
+    """The attention block's gate, which the last BatchNorm applies (see `layers.BatchNorm`)."""
+    return None if self.attention is None else self.attention(name=self.attention_name).gate
 
 
 class ResNet(nn.Module):

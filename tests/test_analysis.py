@@ -26,20 +26,25 @@ def run_cli(*args):
 def direct_block_averages(export_dir, block, max_examples, batch_size=64):
   """Independent of lct_flax.analysis: capture_intermediates on every module, then NumPy.
 
-  The LCT module's input is the output of the block's last BatchNorm (bn2 in a basic block);
-  its output is the LCT module's own output; the attention values are what LCT sows.
+  The LCT module's input is BatchNorm (eval mode, NumPy) of the block's last convolution (conv2
+  in a basic block); its output is what the block's last BatchNorm returns (it applies the LCT
+  gate); the attention values are what LCT sows.
   """
   model, variables, config = export.load(export_dir)
   dataset = input_pipeline.default_dataset_config(
       "sklearn_digits", data_dir=config.dataset.data_dir, image_size=16, resize_size=16)
+  bn = {name: np.asarray(value, np.float64) for name, value in
+        {**variables["params"][block]["bn2"], **variables["batch_stats"][block]["bn2"]}.items()}
   before, after, attention = [], [], []
   for batch in input_pipeline.create_eval_iterator(dataset, global_batch_size=batch_size):
     _, state = model.apply(variables, batch["image"], train=False, capture_intermediates=True,
                            mutable=["intermediates"])
     node = state["intermediates"][block]
     real = np.asarray(batch["mask"])
-    before.append(np.asarray(node["bn2"]["__call__"][0])[real].mean(axis=(1, 2)))
-    after.append(np.asarray(node["lct"]["__call__"][0])[real].mean(axis=(1, 2)))
+    conv = np.asarray(node["conv2"]["__call__"][0], np.float64)[real]
+    normalized = (conv - bn["mean"]) / np.sqrt(bn["var"] + 1e-5) * bn["scale"] + bn["bias"]
+    before.append(normalized.mean(axis=(1, 2)))
+    after.append(np.asarray(node["bn2"]["__call__"][0])[real].mean(axis=(1, 2)))
     attention.append(np.asarray(node["lct"]["attention"][0])[real])
   take = lambda parts: np.concatenate(parts)[:max_examples].astype(np.float64)
   before, after, attention = take(before), take(after), take(attention)

@@ -1,10 +1,14 @@
 """ResNet v1.5 family: Table 1 parameter counts, shapes and dtypes, BatchNorm semantics, errors."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lct_flax import attention as attention_lib
 from lct_flax import flops
 from lct_flax import layers
 from lct_flax import models
@@ -169,6 +173,57 @@ def test_batchnorm_group_statistics_are_per_group_of_examples():
   np.testing.assert_allclose(state["batch_stats"]["var"], (var0 + var1) / 2, rtol=1e-5)
   with pytest.raises(ValueError, match="batch of 8 examples does not split into groups of 3"):
     layers.BatchNorm(use_running_average=False, group_size=3).init(jax.random.key(0), x)
+
+
+class NormThenAttention(nn.Module):
+  """A BatchNorm followed by an attention block: fused through `gate` (as the ResNet blocks do)
+  or applied one after the other."""
+  attention: type
+  fused: bool
+  train: bool
+  group_size: int | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    norm = layers.BatchNorm(use_running_average=not self.train, group_size=self.group_size,
+                            name="bn")
+    block = self.attention(name="attention")
+    return norm(x, gate=block.gate) if self.fused else block(norm(x))
+
+
+@pytest.mark.parametrize("attention", [
+    functools.partial(attention_lib.LCT, groups=4),
+    functools.partial(attention_lib.SE, reduction=2),
+    functools.partial(attention_lib.SE, reduction=2, use_norm=True, groups=4)],
+    ids=["lct", "se", "se_norm"])
+@pytest.mark.parametrize("train,group_size", [(True, None), (True, 2), (False, None)])
+def test_batchnorm_gate_equals_the_attention_block_on_its_output(attention, train, group_size):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(2.0, 3.0, size=(4, 5, 5, 16)), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  separate, fused = (NormThenAttention(attention, fused, train, group_size)
+                     for fused in (False, True))
+  variables = separate.init(jax.random.key(0), x)
+  # Parameters and statistics away from their initial values, so every term matters.
+  shift = lambda v, low, high: v + jnp.asarray(rng.uniform(low, high, v.shape), jnp.float32)
+  variables = {"params": jax.tree.map(lambda v: shift(v, -0.5, 0.5), variables["params"]),
+               "batch_stats": jax.tree.map(lambda v: shift(v, 0.5, 1.0), variables["batch_stats"])}
+
+  def loss(model, params, x):
+    y, state = model.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+    return jnp.sum(y * cotangent), (y, state)
+
+  results = [jax.grad(functools.partial(loss, model), argnums=(0, 1), has_aux=True)(
+      variables["params"], x) for model in (separate, fused)]
+  (grads_separate, (y_separate, state_separate)), (grads_fused, (y_fused, state_fused)) = results
+  np.testing.assert_allclose(y_fused, y_separate, rtol=1e-5, atol=1e-5)
+  assert jnp.max(jnp.abs(y_separate)) > 0.1
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4)
+  jax.tree.map(close, state_fused, state_separate)
+  jax.tree.map(close, grads_fused, grads_separate)
+  # The attention's parameters and the input get non-trivial gradients through both paths.
+  assert all(jnp.max(jnp.abs(g)) > 1e-3 for g in jax.tree.leaves(grads_separate[0]["attention"]))
+  assert jnp.max(jnp.abs(grads_separate[1])) > 1e-3
 
 
 def test_invalid_model_settings_raise_clear_errors():
