@@ -11,15 +11,20 @@ parameters and of the input), and prints per variant:
 * temp: XLA's temporary buffers (`memory_analysis()`), which include what the forward keeps for
   the backward.
 
-  python -m bench.hlo_report [--batch=8 --dtype=float32 --dump_dir=DIR]   (repository root)
+  python -m bench.hlo_report [--batch=8 --dtype=float32 --dump_dir=DIR --timed_rounds=N]
+  (repository root)
 
-`--dump_dir` also writes each compiled HLO module as text, for reading.
+`--dump_dir` also writes each compiled HLO module as text, for reading; `--timed_rounds` also
+times the compiled forward+backward of each variant (a block is short, so many alternated calls
+fit in a minute: a steadier ratio than whole-network steps on a shared machine).
 """
 
 import functools
 import os
 import re
+import statistics
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -36,6 +41,9 @@ _BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _ATTENTIONS = flags.DEFINE_list("attentions", ["none", "se", "lct"], "Attention blocks.")
 _DUMP_DIR = flags.DEFINE_string("dump_dir", None, "Where to write the compiled HLO text.")
+_TIMED_ROUNDS = flags.DEFINE_integer(
+    "timed_rounds", 0, "Also time the forward+backward of each variant this many times, "
+    "alternated, and print the median (0: no timing).")
 
 SIZE, PLANES, CHANNELS = 56, 64, 256
 # One instruction of an HLO module: `  [ROOT ]%name = shape opcode(operands), attributes`.
@@ -55,7 +63,8 @@ def make_block(attention: str, dtype) -> models.ResidualBlock:
 
 
 def compile_block(attention: str, dtype, batch: int, backward: bool):
-  """The compiled forward (or forward+backward) of one block on a (batch, 56, 56, 256) input."""
+  """The compiled forward (or forward+backward) of one block on a (batch, 56, 56, 256) input,
+  and the arguments to call it with."""
   block = make_block(attention, dtype)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, SIZE, SIZE, CHANNELS)), dtype)
   variables = block.init(jax.random.PRNGKey(0), x)
@@ -74,7 +83,20 @@ def compile_block(attention: str, dtype, batch: int, backward: bool):
     args = (variables["params"], x, jnp.ones(x.shape, jnp.float32))
   else:
     fn, args = forward, (variables["params"], x)
-  return jax.jit(fn).lower(*args).compile()
+  return jax.jit(fn).lower(*args).compile(), args
+
+
+def time_alternated(compiled: dict, rounds: int) -> dict:
+  """Seconds per call of each compiled block, the variants run in turn (A B C A B C ...) after
+  one untimed round."""
+  times = {name: [] for name in compiled}
+  for round_index in range(rounds + 1):
+    for name, (fn, args) in compiled.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      if round_index:
+        times[name].append(time.perf_counter() - start)
+  return times
 
 
 def entry_instructions(hlo_text: str):
@@ -125,10 +147,13 @@ def main(argv):
   print("| attention | pass | fusions | full-size readers | MB accessed (cost_analysis) "
         "| vs plain | XLA temp MiB |")
   print("|---|---|---:|---:|---:|---:|---:|")
+  timed = {}
   for backward in (False, True):
     plain_bytes = None
     for attention in _ATTENTIONS.value:
-      compiled = compile_block(attention, dtype, batch, backward)
+      compiled, args = compile_block(attention, dtype, batch, backward)
+      if backward:
+        timed[attention] = (compiled, args)
       result = analyse(compiled, activation_elements)
       plain_bytes = result["bytes"] if attention == "none" else plain_bytes
       ratio = f"{result['bytes'] / plain_bytes:.3f}" if plain_bytes else "-"
@@ -140,6 +165,21 @@ def main(argv):
         path = os.path.join(_DUMP_DIR.value, f"{attention}_{kind.replace('+', '_')}.txt")
         with open(path, "w") as f:
           f.write(compiled.as_text())
+  if _TIMED_ROUNDS.value:
+    print_times(time_alternated(timed, _TIMED_ROUNDS.value), _TIMED_ROUNDS.value)
+
+
+def print_times(times: dict, rounds: int) -> None:
+  plain = statistics.median(times["none"]) if "none" in times else None
+  print(f"\nforward+backward of the block, {rounds} timed calls per variant, alternated, after one "
+        f"untimed round; load average {os.getloadavg()[0]:.1f} at the end:\n")
+  print("| attention | ms (median) | min-max ms | vs plain |")
+  print("|---|---:|---:|---:|")
+  for attention, values in times.items():
+    median = statistics.median(values)
+    ratio = f"{median / plain:.3f}" if plain else "-"
+    print(f"| {attention} | {1000 * median:.1f} | {1000 * min(values):.1f}-{1000 * max(values):.1f} "
+          f"| {ratio} |")
 
 
 if __name__ == "__main__":

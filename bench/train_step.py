@@ -55,6 +55,7 @@ class Variant:
   compile_s: float
   memory: object            # jax CompiledMemoryStats
   times: list = dataclasses.field(default_factory=list)
+  cpu_times: list = dataclasses.field(default_factory=list)
 
 
 def make_config(model: str, attention: str, dtype: str, batch: int, image_size: int):
@@ -105,24 +106,27 @@ def build_variant(model_name: str, attention: str, dtype: str, batch: dict,
                  compile_s=compile_s, memory=compiled.memory_analysis())
 
 
-def run_once(variant: Variant, batch: dict) -> float:
-  """Seconds for one step, waited for; a train step's output state becomes the next input."""
-  start = time.perf_counter()
+def run_once(variant: Variant, batch: dict) -> tuple[float, float]:
+  """(wall seconds, process CPU seconds) for one step, waited for; a train step's output state
+  becomes the next input. CPU seconds count the work of every thread of this process and not the
+  time it waited for the cores, so on a shared machine they vary less than wall seconds."""
+  start, cpu_start = time.perf_counter(), time.process_time()
   if isinstance(variant.state, trainer.TrainState):
     variant.state, metrics = variant.step(variant.state, batch)
   else:
     metrics = variant.step(variant.state, batch)
   jax.block_until_ready((variant.state, metrics))
-  return time.perf_counter() - start
+  return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def time_alternated(variants: list[Variant], batch: dict, warmup: int, steps: int) -> None:
   """Runs the variants in turn (A B C A B C ...), keeping the times after `warmup` rounds."""
   for round_index in range(warmup + steps):
     for variant in variants:
-      elapsed = run_once(variant, batch)
+      elapsed, cpu = run_once(variant, batch)
       if round_index >= warmup:
         variant.times.append(elapsed)
+        variant.cpu_times.append(cpu)
 
 
 def device_peak_mib() -> str:
@@ -133,19 +137,21 @@ def device_peak_mib() -> str:
 
 
 def print_table(title: str, variants: list[Variant], batch_size: int) -> None:
-  """Markdown table; ratios are to the plain model (attention "none") of the same dtype and model."""
+  """Markdown table; ratios are to the plain model (attention "none") of the same dtype and model,
+  of the median wall time and of the median process CPU time per step."""
   print(f"\n{title}\n")
   print("| dtype | model | attention | images/s | step ms (median) | min-max ms | vs plain "
-        "| lower s | compile s | XLA temp MiB | XLA args MiB |")
-  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "| CPU ms (median) | CPU vs plain | lower s | compile s | XLA temp MiB | XLA args MiB |")
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for v in variants:
-    median = statistics.median(v.times)
+    median, cpu = statistics.median(v.times), statistics.median(v.cpu_times)
     plain = next((p for p in variants if p.dtype == v.dtype and p.model == v.model
                   and p.attention == "none"), None)
     ratio = f"{median / statistics.median(plain.times):.3f}" if plain else "-"
+    cpu_ratio = f"{cpu / statistics.median(plain.cpu_times):.3f}" if plain else "-"
     print(f"| {v.dtype} | {v.model} | {v.attention} | {batch_size / median:.2f} "
           f"| {1000 * median:.0f} | {1000 * min(v.times):.0f}-{1000 * max(v.times):.0f} "
-          f"| {ratio} | {v.lower_s:.1f} | {v.compile_s:.1f} "
+          f"| {ratio} | {1000 * cpu:.0f} | {cpu_ratio} | {v.lower_s:.1f} | {v.compile_s:.1f} "
           f"| {v.memory.temp_size_in_bytes / MiB:.0f} "
           f"| {v.memory.argument_size_in_bytes / MiB:.0f} |")
 
