@@ -171,7 +171,7 @@ def _capture_contexts(next_fun, args, kwargs, context):
   """Interceptor: sows the context before and after every attention block, from its `gate`."""
   out = next_fun(*args, **kwargs)
   if context.method_name == "gate" and isinstance(context.module,
-                                                  (attention_lib.LCT, attention_lib.SE)):
+                                                  attention_lib.ChannelAttention):
     before = args[0].astype(jnp.float32)
     context.module.sow("intermediates", "context_before", before)
     context.module.sow("intermediates", "context_after", before * out)

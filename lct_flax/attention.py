@@ -66,7 +66,16 @@ def _constant(value: float) -> Callable[..., jax.Array]:
   return lambda key, shape, dtype=jnp.float32: jnp.full(shape, value, dtype)
 
 
-class LCT(nn.Module):
+class ChannelAttention(nn.Module):
+  """A channel-attention block: `block(x)` = `rescale(x, block.gate(mean_hw(x)))`. Subclasses
+  define `gate`, (N, C) pooled context -> (N, C) attention."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return rescale(x, self.gate(layers.GlobalAvgPool(name="pool")(x)))
+
+
+class LCT(ChannelAttention):
   """Linear Context Transform block (Fig. 2; eqs. 2-5).
 
   z = global average pool of x (context aggregation); zhat = group-normalised z (eqs. 2-3);
@@ -84,10 +93,6 @@ class LCT(nn.Module):
   use_transform: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return rescale(x, self.gate(layers.GlobalAvgPool(name="pool")(x)))
-
-  @nn.compact
   def gate(self, context: jax.Array) -> jax.Array:
     """Eqs. (2)-(4) and the sigmoid of eq. (5): (N, C) context -> (N, C) attention, float32."""
     channels = context.shape[-1]
@@ -101,7 +106,7 @@ class LCT(nn.Module):
     return _attention(self, a)
 
 
-class SE(nn.Module):
+class SE(ChannelAttention):
   """Squeeze-and-Excitation block (eq. 1) as in SENet and timm's SE-ResNet.
 
   y = x * sigmoid(W2 relu(W1 z + b1) + b2) with W1: C -> C/r and W2: C/r -> C, both with biases.
@@ -112,10 +117,6 @@ class SE(nn.Module):
   use_norm: bool = False
   groups: int = 64
   epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return rescale(x, self.gate(layers.GlobalAvgPool(name="pool")(x)))
 
   @nn.compact
   def gate(self, context: jax.Array) -> jax.Array:
