@@ -78,7 +78,8 @@ class BatchNorm(nn.Module):
   computed as (x - mean) * (k * g) + bias * g with k = scale / sqrt(var + eps): the context is
   the affine image of x's own spatial mean (which also gives the batch mean), and neither BN(x)
   nor the gated output is an array of its own, so training does not keep an extra activation for
-  the gradient of the gate (bench/RESULTS.md).
+  the gradient of the gate (bench/RESULTS.md). The context's gradient is computed once, as an
+  (N, C) array (`materialized_cotangent`), not inside each full-size loop of the backward pass.
   """
   use_running_average: bool
   momentum: float = 0.9
@@ -113,9 +114,35 @@ class BatchNorm(nn.Module):
     else:
       n = x.shape[0]
       context = ((example_means[:, None, None, :] - mean) * k + bias).reshape(n, channels)
-      g = gate(context).astype(jnp.float32)[:, None, None, :]
+      g = gate(materialized_cotangent(context)).astype(jnp.float32)[:, None, None, :]
       y = (xf - mean) * (k * g) + bias * g
     return y.astype(self.dtype)
+
+
+@jax.custom_vjp
+def materialized_cotangent(v: jax.Array) -> jax.Array:
+  """The identity, whose cotangent becomes an array of its own in the backward pass.
+
+  XLA fuses cheap elementwise producers into each of their consumers. When the consumer
+  broadcasts them, as BatchNorm's (N, H, W, C) input-gradient loops broadcast the (N, C) gradient
+  of the attention's context, the whole elementwise chain behind that gradient (the gate's and
+  the group normalisation's backward, eqs. 2-5) is recomputed for every element of every such
+  loop. A reduction is never fused into its consumers, so the cotangent is passed through one
+  (a sum with zeros, which leaves every value as it is): the chain is computed once, on N x C
+  values (bench/RESULTS.md).
+  """
+  return v
+
+
+def _materialized_cotangent_fwd(v: jax.Array):
+  return v, None
+
+
+def _materialized_cotangent_bwd(_, cotangent: jax.Array):
+  return (jnp.sum(jnp.stack([cotangent, jnp.zeros_like(cotangent)]), axis=0),)
+
+
+materialized_cotangent.defvjp(_materialized_cotangent_fwd, _materialized_cotangent_bwd)
 
 
 def _group_moments(x: jax.Array, group_size: int | None, example_means: jax.Array | None = None):
