@@ -1,9 +1,30 @@
-"""Shared fixtures: tiny fake ILSVRC2012 tars prepared by the real tfds builder, sklearn_digits."""
+"""Shared fixtures: tiny fake ILSVRC2012 tars prepared by the real tfds builder, sklearn_digits;
+one JAX compilation cache for the whole run."""
 
+import os
+import shutil
+import tempfile
+
+import jax
 import pytest
 
 from lct_flax import input_pipeline
 from lct_flax.datasets import fake_ilsvrc
+
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="lct-flax-test-jax-cache-")
+
+
+def pytest_configure(config):
+  """One persistent JAX compilation cache for the whole run, empty at the start: the test process
+  and every training process it starts (they inherit the environment) compile a given program
+  once, and each later process that runs it (a resumed or restarted run) loads it instead of
+  compiling it again."""
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+  jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+
+
+def pytest_unconfigure(config):
+  shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 # 3 classes x 4 train images, 9 validation images (not a multiple of the test batch sizes), sides
 # 6..60 px so that some images are smaller than the 16 px crops the tests use.
