@@ -5,7 +5,9 @@ PyTorch-SGD update from `trainer.create_optimizer`) on a config from `configs/ba
 the state donated. Variants of one dtype are alternated in one process (A B C A B C ...) so that
 load from other jobs on the machine hits them alike; the first `--warmup` rounds are not timed;
 the table gives the median step time. Compile time is that of the first step, lowering and XLA
-compilation timed separately; memory is XLA's per-variant compiled memory analysis (temporaries
+compilation timed separately; with `--compile_rounds=K` the variants are also lowered and compiled
+again K times, alternated, with JAX's caches cleared before each, and the columns give the median
+of the 1 + K times (a single compile on a shared machine varies by 20% or more); memory is XLA's per-variant compiled memory analysis (temporaries
 and arguments), plus the device's peak where it reports one (GPU; process-wide).
 
   python -m bench.train_step [--batch=8 --image_size=224 --steps=5 --eval]   (repository root)
@@ -38,6 +40,9 @@ _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes."
 _MODELS = flags.DEFINE_list("models", ["resnet50"], "Model names.")
 _ATTENTIONS = flags.DEFINE_list("attentions", ["none", "se", "lct"], "Attention blocks.")
 _EVAL = flags.DEFINE_bool("eval", False, "Also time the eval-mode forward (trainer.eval_step).")
+_COMPILE_ROUNDS = flags.DEFINE_integer(
+    "compile_rounds", 0, "Also lower and compile every variant this many more times, alternated, "
+    "and report the median lowering and compile times.")
 
 MiB = 2**20
 
@@ -49,10 +54,11 @@ class Variant:
   dtype: str
   model: str
   attention: str
+  jitted: Callable          # the jitted step, lowered and compiled again for compile timings
   step: Callable            # compiled; (state, batch) -> state (train) or (variables, batch) -> sums
   state: object             # donated to the train step and replaced after each call
-  lower_s: float
-  compile_s: float
+  lower_times: list         # seconds; the first step's, then one per compile round
+  compile_times: list
   memory: object            # jax CompiledMemoryStats
   times: list = dataclasses.field(default_factory=list)
   cpu_times: list = dataclasses.field(default_factory=list)
@@ -102,8 +108,9 @@ def build_variant(model_name: str, attention: str, dtype: str, batch: dict,
                                      label_smoothing=config.label_smoothing), donate_argnums=(0,))
   compiled, lower_s, compile_s = compile_timed(step, state, batch)
   return Variant(name=f"{model_name} {attention}", dtype=dtype, model=model_name,
-                 attention=attention, step=compiled, state=state, lower_s=lower_s,
-                 compile_s=compile_s, memory=compiled.memory_analysis())
+                 attention=attention, jitted=step, step=compiled, state=state,
+                 lower_times=[lower_s], compile_times=[compile_s],
+                 memory=compiled.memory_analysis())
 
 
 def run_once(variant: Variant, batch: dict) -> tuple[float, float]:
@@ -129,6 +136,17 @@ def time_alternated(variants: list[Variant], batch: dict, warmup: int, steps: in
         variant.cpu_times.append(cpu)
 
 
+def time_compiles(variants: list[Variant], batch: dict, rounds: int) -> None:
+  """Lowers and compiles the variants again, in turn, `rounds` times; JAX's in-memory caches are
+  cleared before each, so every round compiles from scratch."""
+  for _ in range(rounds):
+    for variant in variants:
+      jax.clear_caches()
+      _, lower_s, compile_s = compile_timed(variant.jitted, variant.state, batch)
+      variant.lower_times.append(lower_s)
+      variant.compile_times.append(compile_s)
+
+
 def device_peak_mib() -> str:
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" not in stats:
@@ -138,20 +156,24 @@ def device_peak_mib() -> str:
 
 def print_table(title: str, variants: list[Variant], batch_size: int) -> None:
   """Markdown table; ratios are to the plain model (attention "none") of the same dtype and model,
-  of the median wall time and of the median process CPU time per step."""
+  of the median wall time and of the median process CPU time per step, and of the median compile
+  time."""
   print(f"\n{title}\n")
   print("| dtype | model | attention | images/s | step ms (median) | min-max ms | vs plain "
-        "| CPU ms (median) | CPU vs plain | lower s | compile s | XLA temp MiB | XLA args MiB |")
-  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "| CPU ms (median) | CPU vs plain | lower s | compile s | compile vs plain | XLA temp MiB "
+        "| XLA args MiB |")
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for v in variants:
     median, cpu = statistics.median(v.times), statistics.median(v.cpu_times)
     plain = next((p for p in variants if p.dtype == v.dtype and p.model == v.model
                   and p.attention == "none"), None)
-    ratio = f"{median / statistics.median(plain.times):.3f}" if plain else "-"
-    cpu_ratio = f"{cpu / statistics.median(plain.cpu_times):.3f}" if plain else "-"
+    ratio, cpu_ratio, compile_ratio = (
+        f"{statistics.median(getattr(v, field)) / statistics.median(getattr(plain, field)):.3f}"
+        if plain else "-" for field in ("times", "cpu_times", "compile_times"))
     print(f"| {v.dtype} | {v.model} | {v.attention} | {batch_size / median:.2f} "
           f"| {1000 * median:.0f} | {1000 * min(v.times):.0f}-{1000 * max(v.times):.0f} "
-          f"| {ratio} | {1000 * cpu:.0f} | {cpu_ratio} | {v.lower_s:.1f} | {v.compile_s:.1f} "
+          f"| {ratio} | {1000 * cpu:.0f} | {cpu_ratio} | {statistics.median(v.lower_times):.1f} "
+          f"| {statistics.median(v.compile_times):.1f} | {compile_ratio} "
           f"| {v.memory.temp_size_in_bytes / MiB:.0f} "
           f"| {v.memory.argument_size_in_bytes / MiB:.0f} |")
 
@@ -177,8 +199,10 @@ def bench_mode(eval_mode: bool, batch: dict) -> None:
                 for m in _MODELS.value for a in _ATTENTIONS.value]
     load = os.getloadavg()[0]
     time_alternated(variants, batch, _WARMUP.value, _STEPS.value)
+    time_compiles(variants, batch, _COMPILE_ROUNDS.value)
     print_table(f"{kind}, {dtype}, batch {_BATCH.value}, {_IMAGE_SIZE.value} px, "
                 f"{_STEPS.value} timed steps per variant after {_WARMUP.value} warm-up, "
+                f"compile times the median of {1 + _COMPILE_ROUNDS.value}, "
                 f"load average {load:.1f} at the start:", variants, _BATCH.value)
     del variants
 
