@@ -1,9 +1,9 @@
 """Where a training step's time goes, kernel by kernel, for ResNets with none/SE/LCT.
 
-Each variant is the compiled `trainer.train_step` that `bench.train_step` builds. It runs a few
-steps under the JAX profiler (Perfetto trace); the traced duration of every XLA kernel (an op of
-the compiled entry computation) is summed into the part of the model that the op's HLO metadata
-names:
+Each variant is the compiled `trainer.train_step` that `bench.train_step` builds. The variants run
+in turn (A B C A B C ...) under one JAX profiler trace (Perfetto), so that load from other jobs
+hits them alike; the traced duration of every XLA kernel (an op of the compiled entry computation)
+is summed into the part of the model that the op's HLO metadata names:
 
 * attention: the gate (`.../lct.gate/...`, `.../se.gate/...`) and its pooling (`.../pool/...`),
   forward and backward;
@@ -68,33 +68,45 @@ def kernel_parts(hlo_text: str) -> dict:
   return parts
 
 
-def traced_kernel_ms(trace_dir: str, parts: dict, steps: int) -> tuple[dict, dict]:
-  """(milliseconds per step, kernels per step) of each model part, from the Perfetto trace."""
+def traced_kernel_ms(trace_dir: str, variant_parts: list[dict], steps: int) -> list:
+  """(milliseconds per step, kernels per step) of each model part for each variant, from a
+  Perfetto trace of `steps` rounds of the variants run in turn: the i-th execution in the trace
+  (by start time) is one of variant i % len(variant_parts)."""
   path, = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz"))
   with gzip.open(path) as f:
     trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  ms, count = collections.Counter(), collections.Counter()
+  runs = collections.defaultdict(list)
   for event in events:
-    part = parts.get(event.get("name")) if event.get("ph") == "X" else None
-    if part:
-      ms[part] += event["dur"] / 1000 / steps
-      count[part] += 1 / steps
-  return ms, count
+    if event.get("ph") == "X" and "run_id" in event.get("args", {}):
+      runs[event["args"]["run_id"]].append(event)
+  ordered = sorted(runs.values(), key=lambda run: min(e["ts"] for e in run))
+  if len(ordered) != steps * len(variant_parts):
+    raise RuntimeError(f"the trace holds {len(ordered)} executions, expected "
+                       f"{steps} x {len(variant_parts)}.")
+  results = [(collections.Counter(), collections.Counter()) for _ in variant_parts]
+  for index, run in enumerate(ordered):
+    parts = variant_parts[index % len(variant_parts)]
+    ms, count = results[index % len(variant_parts)]
+    for event in run:
+      part = parts.get(event["name"])
+      if part:
+        ms[part] += event["dur"] / 1000 / steps
+        count[part] += 1 / steps
+  return results
 
 
-def profile_variant(model: str, attention: str, dtype: str, batch: dict,
-                    trace_dir: str) -> tuple[dict, dict]:
-  """Kernel milliseconds and counts per step of each model part, over `--steps` traced steps
-  after `--warmup` untraced ones."""
-  variant = train_step_bench.build_variant(model, attention, dtype, batch, False)
-  for _ in range(FLAGS.warmup):
-    train_step_bench.run_once(variant, batch)
+def profile_variants(model: str, dtype: str, batch: dict, trace_dir: str) -> dict:
+  """Attention -> kernel milliseconds and counts per step of each model part, over `--steps`
+  traced rounds after `--warmup` untraced ones."""
+  variants = [train_step_bench.build_variant(model, attention, dtype, batch, False)
+              for attention in FLAGS.attentions]
+  train_step_bench.time_alternated(variants, batch, FLAGS.warmup, 0)
   jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-  for _ in range(FLAGS.steps):
-    train_step_bench.run_once(variant, batch)
+  train_step_bench.time_alternated(variants, batch, 0, FLAGS.steps)
   jax.profiler.stop_trace()
-  return traced_kernel_ms(trace_dir, kernel_parts(variant.step.as_text()), FLAGS.steps)
+  parts = [kernel_parts(variant.step.as_text()) for variant in variants]
+  return dict(zip(FLAGS.attentions, traced_kernel_ms(trace_dir, parts, FLAGS.steps)))
 
 
 def main(argv):
@@ -108,9 +120,7 @@ def main(argv):
   for model in FLAGS.models:
     for dtype in FLAGS.dtypes:
       with tempfile.TemporaryDirectory() as tmp:
-        results = {a: profile_variant(model, a, dtype, batch, os.path.join(tmp, a))
-                   for a in FLAGS.attentions}
-      print_table(f"{model}, {dtype}:", results)
+        print_table(f"{model}, {dtype}:", profile_variants(model, dtype, batch, tmp))
 
 
 def print_table(title: str, results: dict) -> None:
