@@ -7,8 +7,9 @@ load from other jobs on the machine hits them alike; the first `--warmup` rounds
 the table gives the median step time. Compile time is that of the first step, lowering and XLA
 compilation timed separately; with `--compile_rounds=K` the variants are also lowered and compiled
 again K times, alternated, with JAX's caches cleared before each, and the columns give the median
-of the 1 + K times (a single compile on a shared machine varies by 20% or more); memory is XLA's per-variant compiled memory analysis (temporaries
-and arguments), plus the device's peak where it reports one (GPU; process-wide).
+of the 1 + K times (a single compile on a shared machine varies by 20% or more). Memory is XLA's
+per-variant compiled memory analysis (temporaries and arguments), plus the device's peak where it
+reports one (GPU; process-wide).
 
   python -m bench.train_step [--batch=8 --image_size=224 --steps=5 --eval]   (repository root)
 """
