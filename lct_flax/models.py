@@ -6,6 +6,11 @@ on the 3x3/2 max-pool); BatchNorm has epsilon 1e-5 and momentum 0.1 in PyTorch t
 get He fan-out normal init. The attention block sits after the last BatchNorm of each residual
 block, on its output channels, before the residual addition (what makes LCT-ResNet-50 25.59M
 parameters in Table 1). Inputs are NHWC.
+
+For dense prediction (FPN necks) `model(x, features_only=True)` returns the outputs of the four
+stages, C2-C5 (strides 4, 8, 16, 32 with the standard stem), and computes no classifier. For
+fine-tuning, `frozen_stages` and `frozen_bn` put BatchNorm layers in inference mode during
+training, as mmdetection's ResNet does (`lct_flax.freezing` keeps their parameters unchanged).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ STAGE_SIZES = {
 }
 BOTTLENECK = {"resnet18": False, "resnet34": False, "resnet50": True, "resnet101": True,
               "resnet152": True}
+# The stage outputs `features_only` returns, by stage (layer1..layer4), as mmdetection names them.
+FEATURE_NAMES = ("c2", "c3", "c4", "c5")
 
 
 class ResidualBlock(nn.Module):
@@ -76,6 +83,11 @@ class ResNet(nn.Module):
   `small_stem` swaps the 7x7/2 stem and max-pool for a 3x3/1 convolution (32x32 inputs).
   `bn_group_size` gives BatchNorm statistics over groups of that many examples (None: the whole
   global batch).
+
+  `frozen_stages` (mmdetection's meaning: -1 none, 0 the stem, s the stem and layer1..layer s) and
+  `frozen_bn` (every BatchNorm, mmdetection's `norm_eval`) make those BatchNorm layers normalise
+  with their running statistics and leave them unchanged when `train=True`, as PyTorch modules in
+  `eval()` mode do; the other layers train as usual.
   """
   stage_sizes: Sequence[int]
   bottleneck: bool
@@ -88,15 +100,24 @@ class ResNet(nn.Module):
   bn_group_size: Optional[int] = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  frozen_stages: int = -1
+  frozen_bn: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, features_only: bool = False):
+    """Logits (N, num_classes), float32; with `features_only`, {"c2": ..., "c5": ...} instead:
+    the NHWC outputs of layer1..layer4 in the compute dtype, without pooling or classifier."""
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=layers.he_fan_out_normal)
-    norm = functools.partial(layers.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             group_size=self.bn_group_size, dtype=self.dtype)
+
+    def norm_of_stage(stage: int):
+      """BatchNorm of stage `stage` (0: the stem), in inference mode where frozen."""
+      frozen = self.frozen_bn or stage <= self.frozen_stages
+      return functools.partial(layers.BatchNorm, use_running_average=not train or frozen,
+                               momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                               group_size=self.bn_group_size, dtype=self.dtype)
+
     attention = attention_lib.attention_factory(self.attention, **self.attention_kwargs)
     attention_name = attention_lib.ATTENTION_MODULE_NAMES.get(self.attention or "none", "attention")
     base = int(round(64 * self.width))
@@ -106,16 +127,20 @@ class ResNet(nn.Module):
       x = conv(base, (3, 3), padding=1, name="conv1")(x)
     else:
       x = conv(base, (7, 7), strides=2, padding=3, name="conv1")(x)
-    x = layers.ReLU(name="relu")(norm(name="bn1")(x))
+    x = layers.ReLU(name="relu")(norm_of_stage(0)(name="bn1")(x))
     if not self.small_stem:
       x = layers.MaxPool(name="maxpool")(x)
+    features = {}
     for stage, num_blocks in enumerate(self.stage_sizes):
       for index in range(num_blocks):
         x = ResidualBlock(
             planes=base * 2**stage, stride=2 if stage > 0 and index == 0 else 1,
-            bottleneck=self.bottleneck, conv=conv, norm=norm, attention=attention,
-            attention_name=attention_name, zero_init_last_bn=self.zero_init_last_bn,
-            name=f"layer{stage + 1}_{index}")(x)
+            bottleneck=self.bottleneck, conv=conv, norm=norm_of_stage(stage + 1),
+            attention=attention, attention_name=attention_name,
+            zero_init_last_bn=self.zero_init_last_bn, name=f"layer{stage + 1}_{index}")(x)
+      features[FEATURE_NAMES[stage]] = x
+    if features_only:
+      return features
     x = layers.GlobalAvgPool(name="avgpool")(x)
     fan_in = x.shape[-1]
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
@@ -127,6 +152,7 @@ class ResNet(nn.Module):
 def create_model(name: str, *, attention: Optional[str] = None, num_classes: int = 1000,
                  dtype: Any = jnp.float32, width: float = 1.0, small_stem: bool = False,
                  zero_init_last_bn: bool = False, bn_group_size: Optional[int] = None,
+                 frozen_stages: int = -1, frozen_bn: bool = False,
                  **attention_kwargs) -> ResNet:
   """Builds `name` (resnet18|34|50|101|152) with `attention` (None|"none"|"se"|"se_norm"|"lct").
 
@@ -139,8 +165,12 @@ def create_model(name: str, *, attention: Optional[str] = None, num_classes: int
   attention_lib.attention_factory(attention, **attention_kwargs)  # validates name and options
   if num_classes < 1:
     raise ValueError(f"num_classes must be positive, got {num_classes}.")
+  if not -1 <= frozen_stages <= len(STAGE_SIZES[name]):
+    raise ValueError(f"frozen_stages must be in [-1, {len(STAGE_SIZES[name])}] (-1: none, 0: the "
+                     f"stem, s: the stem and layer1..layer s), got {frozen_stages}.")
   return ResNet(stage_sizes=STAGE_SIZES[name], bottleneck=BOTTLENECK[name],
                 num_classes=num_classes, attention=None if attention == "none" else attention,
                 attention_kwargs=FrozenDict(attention_kwargs), width=width,
                 small_stem=small_stem, zero_init_last_bn=zero_init_last_bn,
-                bn_group_size=bn_group_size, dtype=dtype)
+                bn_group_size=bn_group_size, frozen_stages=frozen_stages, frozen_bn=frozen_bn,
+                dtype=dtype)
