@@ -42,6 +42,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.half_precision = False           # bfloat16 compute, float32 parameters and optimizer
   config.bn_group_size = 0                # 0: BatchNorm statistics over the global batch
 
+  # Fine-tuning (lct_flax.pretrained, lct_flax.freezing). Applied only to a workdir without
+  # checkpoints: resuming always wins.
+  config.init_from = ""                   # export dir, or torch-layout .safetensors / .npz file
+  config.init_skip = ()                   # fnmatch patterns of torch names not to load ("fc.*")
+  config.frozen_stages = -1               # -1 none; 0 the stem; s the stem and layer1..layer s
+  config.frozen_bn = False                # BatchNorm: running statistics, frozen scale and bias
+
   config.checkpoint_every_steps = 5000
   config.keep_checkpoints = 3
   config.log_every_steps = 100

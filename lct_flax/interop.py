@@ -15,12 +15,18 @@ timm's seresnet50/101/152 fit `SE(reduction=16)` exactly. timm rounds SE hidden 
 multiple of 8 (at least 8), so its seresnet18/34 (8 hidden units for 64 channels, not 4) fit no
 uniform reduction and are refused with a shape mismatch.
 
+Files: `read_state_dict_file` / `write_state_dict_file` read and write state dicts as
+`.safetensors` (the `safetensors` package's NumPy API; PyTorch users open them with
+`safetensors.torch.load_file`) or `.npz` (read without pickle).
+
 Nothing here imports torch: state dicts may hold torch tensors or NumPy arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 import re
 from typing import Any, Mapping
 
@@ -29,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import traverse_util
+
+from lct_flax import fileio
 
 # Flax module names that torch spells differently (module paths are joined with ".").
 _MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
@@ -99,6 +107,50 @@ def _abstract_variables(model) -> Any:
   return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
 
 
+@dataclasses.dataclass(frozen=True)
+class StateDictMatch:
+  """How a torch-layout state dict fits a set of flax variables (`match_state_dict`).
+
+  `arrays`: flax path -> array in flax layout and dtype, for every variable the state dict has
+  with the right shape. `names`: flax path -> torch name, for every variable. `missing`: torch
+  names of variables the state dict lacks. `mismatched`: torch name -> (state dict shape, needed
+  shape). `unexpected`: state dict names with no place among the variables (BatchNorm
+  `num_batches_tracked` entries of known layers are not counted).
+  """
+  arrays: dict
+  names: dict
+  missing: list
+  mismatched: dict
+  unexpected: list
+
+
+def match_state_dict(target: Mapping[tuple, Any], state_dict: Mapping[str, Any]) -> StateDictMatch:
+  """Matches `state_dict` against `target` (flat flax path -> array or ShapeDtypeStruct)."""
+  known = set()
+  arrays, names, missing, mismatched = {}, {}, [], {}
+  for path, spec in target.items():
+    name, layout = torch_name(path, len(spec.shape))
+    names[path] = name
+    known.add(name)
+    if path[0] == "batch_stats":
+      known.add(name.rsplit(".", 1)[0] + "." + _NUM_BATCHES_TRACKED)
+    if name not in state_dict:
+      missing.append(name)
+      continue
+    value = _as_numpy(state_dict[name])
+    expected = _to_torch(np.broadcast_to(np.zeros((), spec.dtype), spec.shape), layout).shape
+    if value.shape != expected:
+      mismatched[name] = (value.shape, expected)
+      continue
+    arrays[path] = np.asarray(_from_torch(value, layout), dtype=spec.dtype)
+  unexpected = sorted(set(state_dict) - known)
+  return StateDictMatch(arrays, names, missing, mismatched, unexpected)
+
+
+def describe_mismatch(name: str, shapes: tuple) -> str:
+  return f"{name} has shape {tuple(shapes[0])}, the model needs {tuple(shapes[1])}"
+
+
 def load_torch_state_dict(model, state_dict: Mapping[str, Any], *, strict: bool = True) -> dict:
   """Flax variables {"params", "batch_stats"} for `model` from a torch-layout state dict.
 
@@ -109,36 +161,21 @@ def load_torch_state_dict(model, state_dict: Mapping[str, Any], *, strict: bool 
   entries are accepted and ignored. Other keys the model does not use raise ValueError with
   `strict=True`, and are logged as a warning and skipped with `strict=False`.
   """
-  target = traverse_util.flatten_dict(_abstract_variables(model))
-  known = set()
-  flat, missing, mismatched = {}, [], []
-  for path, spec in target.items():
-    name, layout = torch_name(path, len(spec.shape))
-    known.add(name)
-    if path[0] == "batch_stats":
-      known.add(name.rsplit(".", 1)[0] + "." + _NUM_BATCHES_TRACKED)
-    if name not in state_dict:
-      missing.append(name)
-      continue
-    value = _as_numpy(state_dict[name])
-    expected = _to_torch(np.broadcast_to(np.zeros((), spec.dtype), spec.shape), layout).shape
-    if value.shape != expected:
-      mismatched.append(f"{name} has shape {value.shape}, the model needs {expected}")
-      continue
-    flat[path] = jnp.asarray(_from_torch(value, layout), dtype=spec.dtype)
-  unexpected = sorted(set(state_dict) - known)
+  match = match_state_dict(traverse_util.flatten_dict(_abstract_variables(model)), state_dict)
   problems = []
-  if missing:
-    problems.append(_listing("missing key(s)", missing))
-  if mismatched:
-    problems.append(_listing("shape mismatch(es)", mismatched))
-  if unexpected and strict:
-    problems.append(_listing("unexpected key(s)", unexpected))
+  if match.missing:
+    problems.append(_listing("missing key(s)", match.missing))
+  if match.mismatched:
+    problems.append(_listing("shape mismatch(es)", [describe_mismatch(n, s)
+                                                    for n, s in match.mismatched.items()]))
+  if match.unexpected and strict:
+    problems.append(_listing("unexpected key(s)", match.unexpected))
   if problems:
     raise ValueError("cannot load the torch state dict: " + "; ".join(problems) + ".")
-  if unexpected:
-    logging.warning("load_torch_state_dict: ignoring %s.", _listing("unexpected key(s)", unexpected))
-  return traverse_util.unflatten_dict(flat)
+  if match.unexpected:
+    logging.warning("load_torch_state_dict: ignoring %s.",
+                    _listing("unexpected key(s)", match.unexpected))
+  return traverse_util.unflatten_dict({p: jnp.asarray(a) for p, a in match.arrays.items()})
 
 
 def to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -160,3 +197,48 @@ def to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if path[0] == "batch_stats" and path[-1] == "mean":
       state_dict[name.rsplit(".", 1)[0] + "." + _NUM_BATCHES_TRACKED] = np.array(0, np.int64)
   return state_dict
+
+
+STATE_DICT_SUFFIXES = (".safetensors", ".npz")
+
+
+def read_state_dict_file(path: str) -> dict[str, np.ndarray]:
+  """A torch-layout state dict (name -> NumPy array) from a `.safetensors` or `.npz` file.
+
+  Raises FileNotFoundError or ValueError with a one-line message for a missing, unsupported or
+  damaged file.
+  """
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist; give a .safetensors or .npz state dict file "
+                            f"or an export directory.")
+  suffix = os.path.splitext(path)[1]
+  try:
+    if suffix == ".safetensors":
+      return safetensors.numpy.load_file(path)
+    if suffix == ".npz":
+      with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+  except Exception as error:  # pylint: disable=broad-except  # each reader fails in its own way
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    raise ValueError(f"cannot read the state dict {path} (damaged or not a {suffix} file: "
+                     f"{reason}); download or write it again.") from None
+  raise ValueError(f"{path}: unknown state dict format {suffix!r}; use one of "
+                   f"{list(STATE_DICT_SUFFIXES)} (or an export directory).")
+
+
+def write_state_dict_file(path: str, state_dict: Mapping[str, Any]) -> None:
+  """Writes `state_dict` (name -> array) atomically as `.safetensors` or `.npz` by `path`'s suffix."""
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+
+  arrays = {name: np.array(_as_numpy(value), order="C") for name, value in state_dict.items()}
+  suffix = os.path.splitext(path)[1]
+  if suffix == ".safetensors":
+    data = safetensors.numpy.save(arrays)
+    fileio.atomic_write(path, lambda f: f.write(data))
+  elif suffix == ".npz":
+    fileio.atomic_write(path, lambda f: np.savez(f, **arrays))
+  else:
+    raise ValueError(f"{path}: unknown state dict format {suffix!r}; use one of "
+                     f"{list(STATE_DICT_SUFFIXES)}.")

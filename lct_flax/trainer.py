@@ -25,13 +25,16 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
+from flax import traverse_util
 
 from lct_flax import checkpointing
 from lct_flax import fileio
+from lct_flax import freezing
 from lct_flax import input_pipeline
 from lct_flax import models
 from lct_flax import parallel
 from lct_flax import preemption
+from lct_flax import pretrained
 from lct_flax import profiling
 
 # Keys every training config has (DESIGN.md); the loop refuses a config that lacks one.
@@ -41,7 +44,9 @@ REQUIRED_KEYS = ("batch_size", "num_epochs", "num_train_steps", "seed", "checkpo
 # Config entries that fix the shapes of the saved state: a workdir's checkpoints only fit a config
 # that agrees on them.
 MODEL_IDENTITY_KEYS = ("model.name", "model.attention", "model.attention_kwargs", "model.width",
-                       "model.small_stem", "num_classes")
+                       "model.small_stem", "num_classes", "frozen_stages", "frozen_bn")
+# Values of identity keys that a workdir written before the key existed implies.
+_IDENTITY_DEFAULTS = {"frozen_stages": -1, "frozen_bn": False}
 
 
 class TrainingError(RuntimeError):
@@ -73,7 +78,16 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.
       m.name, attention=m.attention, num_classes=num_classes,
       dtype=jnp.bfloat16 if config.half_precision else jnp.float32, width=m.width,
       small_stem=m.small_stem, zero_init_last_bn=m.zero_init_last_bn,
-      bn_group_size=config.bn_group_size or None, **m.attention_kwargs.to_dict())
+      bn_group_size=config.bn_group_size or None, frozen_stages=_frozen_stages(config),
+      frozen_bn=_frozen_bn(config), **m.attention_kwargs.to_dict())
+
+
+def _frozen_stages(config: ml_collections.ConfigDict) -> int:
+  return int(config.get("frozen_stages", -1))
+
+
+def _frozen_bn(config: ml_collections.ConfigDict) -> bool:
+  return bool(config.get("frozen_bn", False))
 
 
 def create_learning_rate_schedule(config: ml_collections.ConfigDict,
@@ -142,10 +156,11 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, model: models.ResNet,
-               optimizer: optax.GradientTransformation,
-               label_smoothing: float) -> tuple[TrainState, dict]:
+               optimizer: optax.GradientTransformation, label_smoothing: float,
+               param_labels: Any = None) -> tuple[TrainState, dict]:
   """One SGD step on a global batch. Metrics are means over the global batch, plus `finite`
-  (loss and gradients all finite) for the loop's NaN guard."""
+  (loss and gradients all finite) for the loop's NaN guard. With `param_labels`
+  (`freezing.parameter_labels`), the frozen parameters' gradients are never computed."""
 
   def loss_fn(params):
     logits, new_vars = model.apply(
@@ -155,6 +170,8 @@ def train_step(state: TrainState, batch: dict, *, model: models.ResNet,
     return loss, (logits, new_vars["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if param_labels is not None:
+    grads = freezing.zero_frozen(grads, param_labels)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
@@ -201,7 +218,8 @@ def model_identity(config: ml_collections.ConfigDict, num_classes: int) -> dict:
   m = config.model
   return {"model.name": m.name, "model.attention": m.attention,
           "model.attention_kwargs": m.attention_kwargs.to_dict(), "model.width": m.width,
-          "model.small_stem": m.small_stem, "num_classes": num_classes}
+          "model.small_stem": m.small_stem, "num_classes": num_classes,
+          "frozen_stages": _frozen_stages(config), "frozen_bn": _frozen_bn(config)}
 
 
 def check_workdir_compatible(workdir: str, identity: dict) -> None:
@@ -210,7 +228,7 @@ def check_workdir_compatible(workdir: str, identity: dict) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = json.load(f)
+    saved = {**_IDENTITY_DEFAULTS, **json.load(f)}
   if saved != json.loads(json.dumps(identity)):
     diffs = ", ".join(f"{k}: {saved.get(k)!r} in the workdir vs {identity.get(k)!r} now"
                       for k in MODEL_IDENTITY_KEYS if saved.get(k) != identity.get(k))
@@ -276,6 +294,7 @@ class Experiment:
   model: models.ResNet
   schedule: optax.Schedule
   optimizer: optax.GradientTransformation
+  param_labels: Any = None   # freezing.parameter_labels when something is frozen, else None
 
   @property
   def replicated(self):
@@ -309,11 +328,19 @@ def build_experiment(config: ml_collections.ConfigDict, *, num_classes: Optional
     num_classes = input_pipeline.get_dataset_info(config.dataset).num_classes
     steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
   schedule = create_learning_rate_schedule(config, steps_per_epoch)
+  model = create_model(config, num_classes)
+  optimizer = create_optimizer(config, schedule)
+  param_labels = None
+  if freezing.freezes_anything(_frozen_stages(config), _frozen_bn(config)):
+    image_shape = (1, config.dataset.image_size, config.dataset.image_size, 3)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(image_shape)))["params"]
+    param_labels = freezing.parameter_labels(params, frozen_stages=_frozen_stages(config),
+                                             frozen_bn=_frozen_bn(config))
+    optimizer = freezing.partition_optimizer(optimizer, param_labels)
   return Experiment(config=config, mesh=mesh, num_classes=num_classes,
                     steps_per_epoch=steps_per_epoch,
-                    total_steps=_total_steps(config, steps_per_epoch),
-                    model=create_model(config, num_classes), schedule=schedule,
-                    optimizer=create_optimizer(config, schedule))
+                    total_steps=_total_steps(config, steps_per_epoch), model=model,
+                    schedule=schedule, optimizer=optimizer, param_labels=param_labels)
 
 
 def checkpointer_for(workdir: str, config: ml_collections.ConfigDict, *,
@@ -360,20 +387,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_workdir_writable(workdir)
   check_workdir_compatible(workdir, identity)
 
+  init_record = _previous_init_record(workdir)
+  pretrained_init = None
+  if config.get("init_from") and not _has_checkpoint(workdir):
+    pretrained_init = plan_init_from(config, experiment)   # refusals before anything is written
   checkpointer = checkpointer_for(workdir, config)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(experiment.abstract_state())
     logging.info("Resumed from %s", checkpointer.path(checkpointer.latest_step()))
   else:
     state = experiment.init_fn()()
+    if pretrained_init is not None:
+      state, init_record = initialize_from(state, *pretrained_init, replicated)
   if is_writer:
     fileio.write_json_atomically(os.path.join(workdir, "model.json"), identity)
     fileio.write_json_atomically(os.path.join(workdir, "config.json"),
-                          json.loads(config.to_json_best_effort()))
+                                 {**json.loads(config.to_json_best_effort()), **init_record})
 
   p_train_step = jax.jit(
       functools.partial(train_step, model=model, optimizer=experiment.optimizer,
-                        label_smoothing=config.label_smoothing),
+                        label_smoothing=config.label_smoothing,
+                        param_labels=experiment.param_labels),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=(0,))
   p_eval_step = jax.jit(functools.partial(eval_step, model=model),
@@ -438,6 +472,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.flush()
     checkpointer.close()
   return {"step": step, "preempted": preempted, **eval_metrics}
+
+
+def plan_init_from(config: ml_collections.ConfigDict,
+                   experiment: Experiment) -> tuple[pretrained.Source, pretrained.LoadPlan]:
+  """Reads `config.init_from` and decides what it loads into the experiment's model (see
+  `lct_flax.pretrained`); raises ValueError naming whatever does not fit."""
+  source = pretrained.read_source(config.init_from)
+  abstract = experiment.abstract_state()
+  target = traverse_util.flatten_dict({"params": abstract.params,
+                                       "batch_stats": abstract.batch_stats})
+  return source, pretrained.plan_load(target, source.state_dict,
+                                      tuple(config.get("init_skip", ())))
+
+
+def initialize_from(state: TrainState, source: pretrained.Source, plan: pretrained.LoadPlan,
+                    sharding: Any) -> tuple[TrainState, dict]:
+  """`state` with the planned variables loaded, and the record config.json keeps of the source.
+  Logs the table of what was loaded."""
+  logging.info("%s", pretrained.describe(source, plan))
+  loaded = jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]),
+      pretrained.apply_plan(jax.device_get(state.variables), plan))
+  record = {"init_from_source": {"path": source.path, "kind": source.kind,
+                                 "sha256": source.sha256, "loaded": len(plan.arrays),
+                                 "initialised_fresh": plan.fresh, "skipped": plan.skipped}}
+  return state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"]), record
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a checkpoint (looked up without creating anything)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return False
+  checkpointer = checkpointing.Checkpointer(directory, create=False)
+  try:
+    return checkpointer.latest_step() is not None
+  finally:
+    checkpointer.close()
+
+
+def _previous_init_record(workdir: str) -> dict:
+  """The init_from record of the run already in `workdir` (kept when it resumes)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    saved = json.load(f)
+  return {k: saved[k] for k in ("init_from_source",) if k in saved}
 
 
 def _summarise(step_metrics: list[dict], step: int) -> dict:
