@@ -1,6 +1,7 @@
 """Export a trained model (inference variables + model config); load it back.
 
     python -m lct_flax.export --workdir=DIR --output=EXPORT_DIR [--step=N] [--overwrite]
+        [--safetensors=FILE.safetensors]
 
 An export is a directory with two files, neither of which runs code when read (no pickle):
 
@@ -23,6 +24,9 @@ It checks the checksum, the arrays and their shapes against the model before ret
 Exports are written into a temporary directory next to the output and renamed into place when
 complete, so a crash never leaves a half-written export that looks finished; an existing export is
 replaced only with ``overwrite=True`` (``--overwrite``).
+
+``--safetensors=FILE`` also (or, without ``--output``, only) writes the variables as a
+torchvision/timm-layout state dict (``write_torch_state_dict``) for PyTorch users.
 """
 
 from __future__ import annotations
@@ -302,17 +306,51 @@ def restore_inference_variables(workdir: str, step: Optional[int] = None
   return jax.device_get(state.variables), config_json, num_classes, int(state.step)
 
 
-def export_workdir(workdir: str, output: str, step: Optional[int] = None, *,
-                   overwrite: bool = False) -> str:
-  """Exports checkpoint `step` (default: the newest) of a training workdir to `output`."""
-  output = os.path.abspath(output)
-  _check_output_free(output, overwrite)  # before the (slow) restore
+def export_workdir(workdir: str, output: Optional[str], step: Optional[int] = None, *,
+                   overwrite: bool = False, safetensors: Optional[str] = None) -> Optional[str]:
+  """Exports checkpoint `step` (default: the newest) of a training workdir to `output` (an export
+  directory) and/or `safetensors` (a torchvision-layout state dict file, `write_torch_state_dict`).
+  Returns the export's absolute path (None without `output`)."""
+  if output is None and safetensors is None:
+    raise ExportError("nothing to write: give --output=DIR (an export) and/or "
+                      "--safetensors=FILE (a torchvision-layout state dict).")
+  output = None if output is None else os.path.abspath(output)
+  if output is not None:
+    _check_output_free(output, overwrite)  # before the (slow) restore
+  if safetensors is not None:
+    _check_file_free(safetensors, overwrite)
   variables, config_json, num_classes, step = restore_inference_variables(workdir, step)
+  if safetensors is not None:
+    write_torch_state_dict(safetensors, variables, overwrite=overwrite)
+  if output is None:
+    return None
   return save(output, variables,
               model_config=model_config_from_training(config_json, num_classes),
               dataset_config=dataset_config_from_training(config_json),
               source={"workdir": os.path.abspath(workdir), "step": step},
               training_config=config_json, overwrite=overwrite)
+
+
+def _check_file_free(path: str, overwrite: bool) -> None:
+  if not path.endswith(".safetensors"):
+    raise ExportError(f"{path}: a torch state dict file must end in .safetensors.")
+  if os.path.lexists(path) and not overwrite:
+    raise ExportError(f"{path} already exists; choose another --safetensors or pass --overwrite "
+                      f"to replace it.")
+
+
+def write_torch_state_dict(path: str, variables: Mapping[str, Any], *,
+                           overwrite: bool = False) -> str:
+  """Writes `variables` as a torchvision/timm-layout `.safetensors` state dict (atomically):
+  PyTorch users read it with `safetensors.torch.load_file` and `model.load_state_dict`; LCT
+  models add their `layerS.B.lct.w` / `.lct.b` tensors (`lct_flax.interop`)."""
+  from lct_flax import interop  # pylint: disable=import-outside-toplevel
+
+  path = os.path.abspath(path)
+  _check_file_free(path, overwrite)
+  interop.write_state_dict_file(path, interop.to_torch_state_dict(
+      {c: variables[c] for c in COLLECTIONS if c in variables}))
+  return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,19 +461,25 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   values = flags.FLAGS
-  output = export_workdir(values.workdir, values.output, values.step, overwrite=values.overwrite)
-  metadata = read_metadata(output)
-  print(f"exported {metadata['model']['name']} ({metadata['model']['attention']}) step "
-        f"{metadata['source']['step']} of {metadata['source']['workdir']} to {output}")
+  output = export_workdir(values.workdir, values.output, values.step, overwrite=values.overwrite,
+                          safetensors=values.safetensors)
+  if output is not None:
+    metadata = read_metadata(output)
+    print(f"exported {metadata['model']['name']} ({metadata['model']['attention']}) step "
+          f"{metadata['source']['step']} of {metadata['source']['workdir']} to {output}")
+  if values.safetensors is not None:
+    print(f"wrote the torchvision-layout state dict {os.path.abspath(values.safetensors)}")
 
 
 def _define_flags():
   from absl import flags
   flags.DEFINE_string("workdir", None, "Training workdir (config.json, model.json, checkpoints/).")
   flags.DEFINE_string("output", None, "Directory to write the export to (must not exist).")
+  flags.DEFINE_string("safetensors", None,
+                      "Also (or only) write a torchvision-layout .safetensors state dict here.")
   flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the newest).")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing export at --output.")
-  flags.mark_flags_as_required(["workdir", "output"])
+  flags.DEFINE_bool("overwrite", False, "Replace an existing export at --output / --safetensors.")
+  flags.mark_flags_as_required(["workdir"])
 
 
 if __name__ == "__main__":

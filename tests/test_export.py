@@ -189,6 +189,54 @@ def test_cli_exports_a_chosen_step(tiny_demo_run, tiny_demo_export, tmp_path):
           file_digests(tiny_demo_export)["variables.npz"])
 
 
+def test_cli_writes_a_torchvision_layout_safetensors(tiny_demo_run, tiny_demo_export, tmp_path):
+  import safetensors.numpy
+  from lct_flax import interop
+  path = str(tmp_path / "demo.safetensors")
+  result = run_cli("lct_flax.export", f"--workdir={tiny_demo_run.workdir}",
+                   f"--safetensors={path}")
+  assert result.returncode == 0, result.stderr
+  assert os.listdir(tmp_path) == ["demo.safetensors"]
+  written = safetensors.numpy.load_file(path)
+  _, variables, _ = export.load(tiny_demo_export)
+  expected = interop.to_torch_state_dict(jax.device_get(variables))
+  assert written.keys() == expected.keys() and "layer4.1.lct.w" in written
+  for name in expected:
+    np.testing.assert_array_equal(written[name], expected[name], err_msg=name)
+  again = run_cli("lct_flax.export", f"--workdir={tiny_demo_run.workdir}",
+                  f"--safetensors={path}")
+  assert again.returncode != 0
+  assert again.stderr.strip().splitlines()[-1] == (
+      f"error: {path} already exists; choose another --safetensors or pass --overwrite to "
+      f"replace it.")
+
+
+@pytest.mark.parametrize("name,attention,library", [("resnet18", None, "torchvision"),
+                                                    ("resnet50", "se", "timm")])
+def test_safetensors_load_into_torchvision_and_timm_models(name, attention, library, tmp_path):
+  torch = pytest.importorskip("torch")
+  safetensors_torch = pytest.importorskip("safetensors.torch")
+  from lct_flax import models
+  model = models.create_model(name, attention=attention)
+  x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+  rng = np.random.default_rng(1)
+  variables = jax.tree.map(
+      lambda s: (rng.uniform(0.5, 1.5, s.shape) if len(s.shape) == 1 else
+                 rng.standard_normal(s.shape) * np.sqrt(1 / np.prod(s.shape[:-1]))
+                 ).astype(np.float32), shapes)
+  path = export.write_torch_state_dict(str(tmp_path / "weights.safetensors"), variables)
+  if library == "torchvision":
+    torch_model = pytest.importorskip("torchvision").models.resnet18()
+  else:
+    torch_model = pytest.importorskip("timm").create_model("seresnet50")
+  torch_model.load_state_dict(safetensors_torch.load_file(path), strict=True)
+  with torch.no_grad():
+    expected = torch_model.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  logits = model.apply(variables, x, train=False)
+  np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-3)
+
+
 def test_missing_workdir_or_checkpoint_gives_clear_errors(tiny_demo_run, tmp_path):
   missing = str(tmp_path / "no_such_workdir")
   with pytest.raises(export.ExportError) as excinfo:
