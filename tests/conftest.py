@@ -8,7 +8,12 @@ import tempfile
 import jax
 import pytest
 
-from lct_flax import input_pipeline
+try:  # Where installed (interop tests), before TensorFlow: torchvision's ops crash loading after it.
+  import torchvision  # noqa: F401
+except ImportError:
+  pass
+
+from lct_flax import input_pipeline  # noqa: E402  (imports TensorFlow)
 from lct_flax.datasets import fake_ilsvrc
 
 _COMPILATION_CACHE = tempfile.mkdtemp(prefix="lct-flax-test-jax-cache-")
