@@ -70,9 +70,9 @@ def test_roi_align_matches_numpy_in_every_mode():
                                     [20, 10, 18, 8]], np.float32)])
   indices = rng.integers(0, 2, len(boxes))
   for mode in roi_align.ROI_ALIGN_MODES:
-    for out, ratio in ((3, 2), (2, 1)):
+    for out, ratio, chunk in ((3, 2, None), (2, 1, 5)):          # 14 RoIs: chunks 5, 5, 4
       ours = jitted(roi_align.roi_align, spatial_scale=0.25, output_size=out,
-                    sampling_ratio=ratio, mode=mode)(features, boxes, indices)
+                    sampling_ratio=ratio, mode=mode, chunk=chunk)(features, boxes, indices)
       expected = numpy_roi_align(features, boxes, indices, 0.25, out, ratio, mode)
       assert ours.shape == (len(boxes), out, out, 3)
       np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5, err_msg=mode)
@@ -140,7 +140,7 @@ def test_multilevel_roi_align_pools_each_roi_from_its_level(mode, mapping):
   features = fpn_features(rng)
   boxes = np.stack([multiscale_boxes(rng, 12) for _ in range(2)])
   pooled = jitted(roi_align.multilevel_roi_align, strides=strides, output_size=3,
-                  sampling_ratio=2, mode=mode, level_mapping=mapping)(features, boxes)
+                  sampling_ratio=2, mode=mode, level_mapping=mapping, chunk=7)(features, boxes)
   assert pooled.shape == (2, 12, 3, 3, 4)
   for image in range(2):
     levels = numpy_levels(boxes[image], mapping)
@@ -171,11 +171,12 @@ def test_multilevel_roi_align_compiles_once_and_keeps_bfloat16():
 
 def test_roi_align_gradient_reaches_the_sampled_pixels():
   features = jnp.zeros((1, 6, 6, 1))
-  box = jnp.array([[1.0, 1.0, 3.0, 3.0]])
+  box = jnp.array([[1.0, 1.0, 3.0, 3.0]] * 3)
   grad = jax.jit(jax.grad(lambda f: roi_align.roi_align(
-      f, box, jnp.zeros(1, jnp.int32), spatial_scale=1.0, output_size=2).sum()))(features)
+      f, box, jnp.zeros(3, jnp.int32), spatial_scale=1.0, output_size=2, chunk=2).sum()))(
+          features)
   grad = np.asarray(grad)[0, :, :, 0]
-  np.testing.assert_allclose(grad.sum(), 4.0, rtol=1e-6)   # 4 bins, each a mean of weights 1
+  np.testing.assert_allclose(grad.sum(), 12.0, rtol=1e-6)  # 3 RoIs x 4 bins, weights sum to 1
   assert grad[0].sum() == 0 and grad[:, 0].sum() == 0 and grad[4:].sum() == 0
 
 

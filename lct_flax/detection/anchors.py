@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+GEOMETRIES = ("mmdet_v1", "torchvision")
 FPN_STRIDES = (4, 8, 16, 32, 64)
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 SCALES = (8.0,)
@@ -51,8 +52,7 @@ def base_anchors(stride: int, ratios: Sequence[float] = ASPECT_RATIOS,
     hs = (h_ratios[:, None] * sizes[None, :]).reshape(-1)
     anchors = np.stack([-ws, -hs, ws, hs], -1) / np.float32(2.0)
   else:
-    raise ValueError(f"unknown anchor geometry {geometry!r}; choose 'mmdet_v1' or "
-                     f"'torchvision'.")
+    raise ValueError(f"unknown anchor geometry {geometry!r}; choose one of {GEOMETRIES}.")
   return np.round(anchors).astype(np.float32)
 
 

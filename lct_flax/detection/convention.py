@@ -14,14 +14,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from lct_flax.detection import anchors
 from lct_flax.detection import boxes as boxes_lib
+from lct_flax.detection import losses
+from lct_flax.detection import roi_align
 from lct_flax.detection import targets
 
-ANCHOR_GEOMETRIES = ("mmdet_v1", "torchvision")
-ROI_ALIGN_MODES = ("mmdet_v1", "legacy", "aligned")
-LEVEL_MAPPINGS = ("mmdet_v1", "torchvision")
-LOSS_NORMALISATIONS = ("mmdet_v1", "torchvision")
-LOW_QUALITY_MATCHES = ("mmdet_v1", "torchvision")
+FRAMEWORKS = ("mmdet_v1", "torchvision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +84,13 @@ class Convention:
   rcnn_smooth_l1_beta: float
 
   def __post_init__(self):
-    for name, value, allowed in (("anchor_geometry", self.anchor_geometry, ANCHOR_GEOMETRIES),
-                                 ("roi_align_mode", self.roi_align_mode, ROI_ALIGN_MODES),
-                                 ("roi_level_mapping", self.roi_level_mapping, LEVEL_MAPPINGS),
-                                 ("low_quality_matches", self.low_quality_matches,
-                                  LOW_QUALITY_MATCHES),
-                                 ("gt_proposals", self.gt_proposals, targets.GT_PROPOSALS),
-                                 ("rpn_loss_normalisation", self.rpn_loss_normalisation,
-                                  LOSS_NORMALISATIONS)):
+    for name, value, allowed in (
+        ("anchor_geometry", self.anchor_geometry, anchors.GEOMETRIES),
+        ("roi_align_mode", self.roi_align_mode, roi_align.ROI_ALIGN_MODES),
+        ("roi_level_mapping", self.roi_level_mapping, roi_align.LEVEL_MAPPINGS),
+        ("low_quality_matches", self.low_quality_matches, FRAMEWORKS),
+        ("gt_proposals", self.gt_proposals, targets.GT_PROPOSALS),
+        ("rpn_loss_normalisation", self.rpn_loss_normalisation, losses.RPN_NORMALISATIONS)):
       if value not in allowed:
         raise ValueError(f"Convention.{name} {value!r} is unknown; choose one of {allowed}.")
     if self.box_offset not in (0.0, 1.0):
@@ -112,9 +110,9 @@ class Convention:
     """torchvision's Faster/Mask R-CNN (models/detection, v1 weights)."""
     return cls(box_offset=0.0, anchor_geometry="torchvision", roi_align_mode="legacy",
                roi_level_mapping="torchvision", low_quality_matches="torchvision",
-               gt_proposals="torchvision", rpn_allowed_border=-1.0, clamp_deltas_below=False, min_proposal_size=1e-3,
-               min_detection_size=1e-2, rpn_loss_normalisation="torchvision",
-               rcnn_smooth_l1_beta=1.0 / 9.0)
+               gt_proposals="torchvision", rpn_allowed_border=-1.0, clamp_deltas_below=False,
+               min_proposal_size=1e-3, min_detection_size=1e-2,
+               rpn_loss_normalisation="torchvision", rcnn_smooth_l1_beta=1.0 / 9.0)
 
   def box_coder(self, stds=(1.0, 1.0, 1.0, 1.0),
                 means=(0.0, 0.0, 0.0, 0.0)) -> boxes_lib.BoxCoder:

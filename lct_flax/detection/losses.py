@@ -20,6 +20,8 @@ import jax.numpy as jnp
 
 from lct_flax.detection import targets as targets_lib
 
+RPN_NORMALISATIONS = ("mmdet_v1", "torchvision")
+
 
 def smooth_l1(pred: jax.Array, target: jax.Array, beta: float) -> jax.Array:
   """Elementwise 0.5 d^2 / beta where d = |pred - target| < beta, else d - beta / 2
@@ -55,8 +57,8 @@ def rpn_avg_factor(num_pos: jax.Array, num_neg: jax.Array, normalisation: str) -
     return jnp.sum(jnp.maximum(num_pos, 1) + jnp.maximum(num_neg, 1)).astype(jnp.float32)
   if normalisation == "torchvision":
     return jnp.maximum(jnp.sum(num_pos + num_neg), 1).astype(jnp.float32)
-  raise ValueError(f"unknown RPN loss normalisation {normalisation!r}; choose 'mmdet_v1' or "
-                   f"'torchvision'.")
+  raise ValueError(f"unknown RPN loss normalisation {normalisation!r}; choose one of "
+                   f"{RPN_NORMALISATIONS}.")
 
 
 def rpn_loss(logits: jax.Array, deltas: jax.Array, targets: targets_lib.RPNTargets, *,
