@@ -143,3 +143,17 @@ def test_against_torchvision_fastrcnn_and_maskrcnn_losses():
       torch.from_numpy(mask_targets))
   np.testing.assert_allclose(losses.mask_loss(mask_logits, mask_targets, labels, jnp.ones(4)),
                              expected.item(), rtol=1e-5)
+
+
+def test_rcnn_loss_with_the_background_last_stays_finite():
+  """background_index K with K sets of deltas: negatives index past the last set at weight 0."""
+  rng = np.random.default_rng(5)
+  batch = rcnn_batch(rng, classes=4)
+  labels = np.where(batch.labels == 0, 4, batch.labels - 1)        # foreground 0..3, background 4
+  batch = batch._replace(labels=labels)
+  logits = rng.normal(size=(2, 6, 5)).astype(np.float32)
+  deltas = rng.normal(size=(2, 6, 4, 4)).astype(np.float32)
+  _, loss_box = losses.rcnn_loss(logits, deltas, batch)
+  box_sum = sum(numpy_smooth_l1(deltas[i, r, labels[i, r]] - batch.box_targets[i, r], 1.0).sum()
+                for i, r in zip(*np.nonzero(labels < 4)))
+  np.testing.assert_allclose(loss_box, box_sum / batch.valid.sum(), rtol=1e-5)

@@ -80,12 +80,13 @@ def rcnn_loss(class_logits: jax.Array, box_deltas: jax.Array,
   """(classification, box) losses of an R-CNN stage: class_logits (N, S, K + 1), box_deltas
   (N, S, C, 4) with C = 1 (class-agnostic, Cascade R-CNN) or one set per class indexed like the
   labels (K + 1 with the background: mmdet v1 reg_class_agnostic=False, torchvision); targets
-  from `targets.rcnn_targets` vmapped over the N images."""
+  from `targets.rcnn_targets` vmapped over the N images. A background label beyond the last set
+  of deltas (background_index K with K sets) reads the last set, at weight 0."""
   weights = targets.label_weights
   loss_cls = weighted_sum(softmax_cross_entropy(class_logits, targets.labels), weights,
                           jnp.maximum(jnp.sum(weights > 0), 1).astype(jnp.float32))
   if box_deltas.shape[-2] > 1:
-    index = targets.labels[..., None, None]
+    index = jnp.clip(targets.labels, 0, box_deltas.shape[-2] - 1)[..., None, None]
     box_deltas = jnp.take_along_axis(box_deltas, index, axis=-2)
   loss_box = weighted_sum(smooth_l1(box_deltas[..., 0, :], targets.box_targets, beta),
                           targets.box_weights,
@@ -99,8 +100,8 @@ def mask_loss(mask_logits: jax.Array, mask_targets: jax.Array, labels: jax.Array
   cross-entropy of the label's channel, averaged over the pixels of the RoIs with weight 1
   (the positives). mask_logits (..., S, m, m, K) NHWC, mask_targets (..., S, m, m) in [0, 1],
   labels and weights (..., S)."""
-  channel = jnp.take_along_axis(mask_logits, labels[..., None, None, None].astype(jnp.int32),
-                                axis=-1)[..., 0]
+  index = jnp.clip(labels.astype(jnp.int32), 0, mask_logits.shape[-1] - 1)
+  channel = jnp.take_along_axis(mask_logits, index[..., None, None, None], axis=-1)[..., 0]
   pixels = mask_targets.shape[-1] * mask_targets.shape[-2]
   per_roi = jnp.sum(sigmoid_cross_entropy(channel, mask_targets), axis=(-2, -1))
   return weighted_sum(per_roi, weights, jnp.maximum(jnp.sum(weights), 1.0) * pixels)

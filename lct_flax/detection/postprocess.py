@@ -33,8 +33,10 @@ def rpn_proposals(logits: Sequence[jax.Array], deltas: Sequence[jax.Array],
   (no per-level cut), post_nms_top_n = max_num 2000/1000, min_size 1e-3
   (`Convention.min_proposal_size`). Anchors are ranked by logit (the same order as the sigmoid
   score, without its float32 ties near 1). Returns boxes (max_num, 4), sigmoid scores (max_num,)
-  and validity (max_num,), in decreasing score.
+  and validity (max_num,), in decreasing score. No gradient flows through proposals (both
+  references detach the RPN outputs here).
   """
+  logits, deltas = jax.lax.stop_gradient((list(logits), list(deltas)))
   k = max(min(nms_pre, a.shape[0]) for a in anchors)
   level_boxes, level_scores, level_valid = [], [], []
   for level_logits, level_deltas, level_anchors in zip(logits, deltas, anchors):

@@ -233,8 +233,10 @@ def rcnn_targets(key: jax.Array, proposals: jax.Array, proposal_valid: jax.Array
   invalid). Labels: background_index 0 (both references) gives gt_label + 1 for positives and 0
   for negatives; any other background_index (e.g. K) keeps gt_label and uses it for negatives.
   Label weights are 1 on every sampled RoI (pos_weight = -1); box targets are class-agnostic
-  deltas (`losses.rcnn_loss` picks the class-specific prediction).
+  deltas (`losses.rcnn_loss` picks the class-specific prediction). No gradient flows into the
+  RoIs or targets (mmdet v1 detaches proposals, and Cascade R-CNN refines them under no_grad).
   """
+  proposals = jax.lax.stop_gradient(proposals)
   if gt_proposals not in GT_PROPOSALS:
     raise ValueError(f"unknown gt_proposals {gt_proposals!r}; choose one of {GT_PROPOSALS}.")
   assign = lambda b, v: assigner.assign(b, v, gt_boxes, gt_valid, ignore_boxes, ignore_valid)
