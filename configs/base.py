@@ -47,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ""                   # export dir, or torch-layout .safetensors / .npz file
   config.init_skip = ()                   # fnmatch patterns of torch names not to load ("fc.*")
   config.frozen_stages = -1               # -1 none; 0 the stem; s the stem and layer1..layer s
-  config.frozen_bn = False                # BatchNorm: running statistics, frozen scale and bias
+  config.norm_eval = False                # BatchNorm: running statistics (mmdetection's norm_eval)
+  config.frozen_bn = False                # ... and frozen scale and bias too
 
   config.checkpoint_every_steps = 5000
   config.keep_checkpoints = 3

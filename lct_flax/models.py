@@ -9,8 +9,9 @@ parameters in Table 1). Inputs are NHWC.
 
 For dense prediction (FPN necks) `model(x, features_only=True)` returns the outputs of the four
 stages, C2-C5 (strides 4, 8, 16, 32 with the standard stem), and computes no classifier. For
-fine-tuning, `frozen_stages` and `frozen_bn` put BatchNorm layers in inference mode during
-training, as mmdetection's ResNet does (`lct_flax.freezing` keeps their parameters unchanged).
+fine-tuning, `frozen_stages`, `norm_eval` and `frozen_bn` put BatchNorm layers in inference mode
+during training, as mmdetection's ResNet does (`lct_flax.freezing` keeps the frozen parameters
+unchanged).
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ class ResNet(nn.Module):
   `bn_group_size` gives BatchNorm statistics over groups of that many examples (None: the whole
   global batch).
 
-  `frozen_stages` (mmdetection's meaning: -1 none, 0 the stem, s the stem and layer1..layer s) and
-  `frozen_bn` (every BatchNorm, mmdetection's `norm_eval`) make those BatchNorm layers normalise
-  with their running statistics and leave them unchanged when `train=True`, as PyTorch modules in
-  `eval()` mode do; the other layers train as usual.
+  `frozen_stages` (mmdetection's meaning: -1 none, 0 the stem, s the stem and layer1..layer s),
+  `norm_eval` (every BatchNorm: mmdetection's `norm_eval=True`, whose BatchNorm scale and bias
+  still train) and `frozen_bn` (every BatchNorm, with its scale and bias frozen by
+  `lct_flax.freezing`) make those BatchNorm layers normalise with their running statistics and
+  leave them unchanged when `train=True`, as PyTorch modules in `eval()` mode do.
   """
   stage_sizes: Sequence[int]
   bottleneck: bool
@@ -101,6 +103,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   frozen_stages: int = -1
+  norm_eval: bool = False
   frozen_bn: bool = False
   dtype: Any = jnp.float32
 
@@ -113,7 +116,7 @@ class ResNet(nn.Module):
 
     def norm_of_stage(stage: int):
       """BatchNorm of stage `stage` (0: the stem), in inference mode where frozen."""
-      frozen = self.frozen_bn or stage <= self.frozen_stages
+      frozen = self.frozen_bn or self.norm_eval or stage <= self.frozen_stages
       return functools.partial(layers.BatchNorm, use_running_average=not train or frozen,
                                momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                group_size=self.bn_group_size, dtype=self.dtype)
@@ -152,7 +155,7 @@ class ResNet(nn.Module):
 def create_model(name: str, *, attention: Optional[str] = None, num_classes: int = 1000,
                  dtype: Any = jnp.float32, width: float = 1.0, small_stem: bool = False,
                  zero_init_last_bn: bool = False, bn_group_size: Optional[int] = None,
-                 frozen_stages: int = -1, frozen_bn: bool = False,
+                 frozen_stages: int = -1, norm_eval: bool = False, frozen_bn: bool = False,
                  **attention_kwargs) -> ResNet:
   """Builds `name` (resnet18|34|50|101|152) with `attention` (None|"none"|"se"|"se_norm"|"lct").
 
@@ -172,5 +175,5 @@ def create_model(name: str, *, attention: Optional[str] = None, num_classes: int
                 num_classes=num_classes, attention=None if attention == "none" else attention,
                 attention_kwargs=FrozenDict(attention_kwargs), width=width,
                 small_stem=small_stem, zero_init_last_bn=zero_init_last_bn,
-                bn_group_size=bn_group_size, frozen_stages=frozen_stages, frozen_bn=frozen_bn,
-                dtype=dtype)
+                bn_group_size=bn_group_size, frozen_stages=frozen_stages, norm_eval=norm_eval,
+                frozen_bn=frozen_bn, dtype=dtype)

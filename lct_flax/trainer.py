@@ -79,7 +79,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.
       dtype=jnp.bfloat16 if config.half_precision else jnp.float32, width=m.width,
       small_stem=m.small_stem, zero_init_last_bn=m.zero_init_last_bn,
       bn_group_size=config.bn_group_size or None, frozen_stages=_frozen_stages(config),
-      frozen_bn=_frozen_bn(config), **m.attention_kwargs.to_dict())
+      norm_eval=bool(config.get("norm_eval", False)), frozen_bn=_frozen_bn(config),
+      **m.attention_kwargs.to_dict())
 
 
 def _frozen_stages(config: ml_collections.ConfigDict) -> int:
