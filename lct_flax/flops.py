@@ -10,7 +10,9 @@ materialised) and records the input and output shape of every layer. Two totals 
   the sigmoid, eqs. 2-4 of LCT, residual additions) are not counted.
 - `conv_linear_macs`: multiply-adds of convolutions and linear layers only.
 
-`python -m lct_flax.flops` prints Table 1 (ResNet-50/101 x none/SE/LCT) beside the paper's figures.
+`python -m lct_flax.flops` prints Table 1 (ResNet-50/101 x none/SE/LCT) beside the paper's figures,
+then Table 6's ΔParams / ΔFLOPs: what SE and LCT add to the ResNet-101 detection backbone (C2-C5,
+no classifier) at `TABLE6_INPUT_SHAPE`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ PAPER_TABLE1 = {
     ("resnet101", "lct"): (44.61, 7.858),
 }
 
+# Table 6 of the paper (every detector alike): attention -> (ΔParams in M, ΔGFLOPs) of the
+# ResNet-101 backbone over the plain one. The paper does not give the input size. Its ΔParams equal
+# the differences of Table 1's rounded totals (44.61 - 44.55 = 0.06; exactly, LCT adds 65,024).
+PAPER_TABLE6_DELTAS = {"se": (4.78, 0.191), "lct": (0.06, 0.187)}
+# The input at which the backbone's ΔFLOPs equal the paper's to its printed precision: of the
+# inputs tried (W x H: 1333x800, 1344x800, 1312x800, 1280x800, 1216x800, 800x1280, 1024x1024),
+# only 1024x1024 (what mmdetection's `tools/get_flops.py --shape 1024` feeds) gives both +0.191G
+# and +0.187G; the nominal 1333x800 gives +0.196G and +0.191G.
+TABLE6_INPUT_SHAPE = (1, 1024, 1024, 3)
+
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
@@ -46,7 +58,11 @@ class Counts:
 
 
 def _layer_macs(module: nn.Module, x: jax.ShapeDtypeStruct, y: jax.ShapeDtypeStruct):
-  """(ptflops-convention count, conv+linear multiply-adds) of one layer call, per example."""
+  """(ptflops-convention count, conv+linear multiply-adds) of one layer call, per example; (0, 0)
+  for containers (their layers are counted one by one)."""
+  if not isinstance(module, (nn.Conv, nn.Dense, layers.BatchNorm, layers.ReLU, layers.MaxPool,
+                             layers.GlobalAvgPool)):
+    return 0, 0
   in_elems, out_elems = math.prod(x.shape[1:]), math.prod(y.shape[1:])
   if isinstance(module, nn.Conv):
     per_output = math.prod(module.kernel_size) * x.shape[-1] // module.feature_group_count
@@ -59,14 +75,15 @@ def _layer_macs(module: nn.Module, x: jax.ShapeDtypeStruct, y: jax.ShapeDtypeStr
     return 2 * in_elems, 0
   if isinstance(module, layers.ReLU):
     return out_elems, 0
-  if isinstance(module, (layers.MaxPool, layers.GlobalAvgPool)):
-    return in_elems, 0
-  return 0, 0
+  return in_elems, 0  # MaxPool, GlobalAvgPool
 
 
-def count(model: nn.Module, input_shape: Sequence[int] = (1, 224, 224, 3)) -> Counts:
-  """Counts parameters and per-example multiply-adds of `model` on NHWC inputs of `input_shape`."""
+def count(model: nn.Module, input_shape: Sequence[int] = (1, 224, 224, 3),
+          features_only: bool = False) -> Counts:
+  """Counts parameters and per-example multiply-adds of `model` on NHWC inputs of `input_shape`;
+  with `features_only`, of the ResNet's C2-C5 backbone (no pooling, no classifier: not created)."""
   totals = [0, 0]
+  call_kwargs = {"features_only": True} if features_only else {}
 
   def interceptor(next_fun, args, kwargs, context):
     y = next_fun(*args, **kwargs)
@@ -78,7 +95,8 @@ def count(model: nn.Module, input_shape: Sequence[int] = (1, 224, 224, 3)) -> Co
 
   def init():
     with nn.intercept_methods(interceptor):
-      return model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32), train=False)
+      return model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32), train=False,
+                        **call_kwargs)
 
   variables = jax.eval_shape(init)
   params = sum(math.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
@@ -109,11 +127,48 @@ def format_table1() -> str:
   return "\n".join(lines)
 
 
+def table6_rows():
+  """Yields (attention, our backbone Counts, paper (ΔParams M, ΔGFLOPs) or None for the plain
+  backbone) for ResNet-101's C2-C5 backbone at `TABLE6_INPUT_SHAPE`."""
+  for attention in (None, "se", "lct"):
+    model = models.create_model("resnet101", attention=attention)
+    yield attention, count(model, TABLE6_INPUT_SHAPE, features_only=True), \
+        PAPER_TABLE6_DELTAS.get(attention)
+
+
+def format_table6() -> str:
+  _, height, width, _ = TABLE6_INPUT_SHAPE
+  lines = [
+      f"Table 6 (ResNet-101 backbone: C2-C5, no classifier; {width}x{height} input, one image): "
+      "Δ vs the plain backbone, ours vs the paper",
+      "",
+      "| backbone | attention | params (M) | ΔParams (M) | paper | GFLOPs (ptflops) | ΔGFLOPs "
+      "| paper | conv+linear GMACs |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  rows = list(table6_rows())
+  base = rows[0][1]
+  for attention, c, paper in rows:
+    if paper:
+      delta_params = f"{(c.params - base.params) / 1e6:+.3f} | {paper[0]:+.2f}"
+      delta_gflops = f"{(c.ptflops_macs - base.ptflops_macs) / 1e9:+.3f} | {paper[1]:+.3f}"
+    else:
+      delta_params = delta_gflops = "- | -"
+    lines.append(
+        f"| resnet101 | {attention or 'none'} | {c.params / 1e6:.3f} | {delta_params} | "
+        f"{c.ptflops_macs / 1e9:.3f} | {delta_gflops} | {c.conv_linear_macs / 1e9:.3f} |")
+  lines += ["", "The paper's ΔParams are differences of Table 1's rounded totals "
+            "(LCT: 44.61 - 44.55 = 0.06)."]
+  return "\n".join(lines)
+
+
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     print(f"usage: python -m lct_flax.flops  (takes no arguments, got {argv[1:]})", file=sys.stderr)
     return 2
   print(format_table1())
+  print()
+  print(format_table6())
   return 0
 
 
