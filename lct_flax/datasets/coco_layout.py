@@ -44,16 +44,17 @@ COCO_CATEGORIES = (
 
 
 def required_paths() -> list[str]:
-  """The annotation files and image directories a COCO root must hold, relative to it."""
-  return [path for image_dir, annotations in SPLITS.values() for path in (annotations, image_dir)]
+  """The annotation files and image directories (with a trailing /) a COCO root must hold."""
+  return [path for image_dir, annotation_file in SPLITS.values()
+          for path in (annotation_file, image_dir + "/")]
 
 
 def missing_paths(root: str) -> list[str]:
   """The required paths (``required_paths``) that ``root`` lacks."""
   missing = []
-  for image_dir, annotations in SPLITS.values():
-    if not os.path.isfile(os.path.join(root, annotations)):
-      missing.append(annotations)
+  for image_dir, annotation_file in SPLITS.values():
+    if not os.path.isfile(os.path.join(root, annotation_file)):
+      missing.append(annotation_file)
     if not os.path.isdir(os.path.join(root, image_dir)):
       missing.append(image_dir + "/")
   return missing

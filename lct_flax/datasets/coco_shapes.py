@@ -214,16 +214,16 @@ def _image(rng, *, size, num_objects, crowd, crowd_only):
   height, width = size
   pixels = _background(rng, height, width)
   annotations, taken = [], []
-  if crowd or crowd_only:
-    side = rng.uniform(*_CROWD_SIZE) * min(height, width)
-    centre = _place(rng, height, width, side, taken)
-    if centre is not None:
-      annotations.append(_crowd(rng, pixels, _category(rng), *centre, side))
   for _ in range(0 if crowd_only else num_objects):
     diameter = rng.uniform(*_OBJECT_SIZE) * min(height, width)
     centre = _place(rng, height, width, diameter, taken)
     if centre is not None:
       annotations.append(_object(rng, pixels, _category(rng), *centre, diameter))
+  if crowd or crowd_only:  # After the objects: an image with objects always keeps one.
+    side = rng.uniform(*_CROWD_SIZE) * min(height, width)
+    centre = _place(rng, height, width, side, taken)
+    if centre is not None:
+      annotations.append(_crowd(rng, pixels, _category(rng), *centre, side))
   return np.clip(np.round(pixels), 0, 255).astype(np.uint8), annotations
 
 

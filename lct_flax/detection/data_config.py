@@ -27,10 +27,11 @@ class DetectionDataError(ValueError):
 class BoxConvention:
   """How annotation boxes ``[x, y, w, h]`` become pixel boxes on the resized image, and back.
 
-  ``pixel_offset``: 1.0 in mmdetection v1, whose boxes are inclusive pixel indices: ``x2 = x + w -
-  1`` (mmdet/datasets/coco.py ``_parse_ann_info``), flips map ``x -> W - 1 - x``
+  ``pixel_offset``: 1.0 in mmdetection v1, whose boxes are inclusive pixel indices:
+  ``x2 = x + w - 1`` (mmdet/datasets/coco.py ``_parse_ann_info``), flips map ``x -> W - 1 - x``
   (pipelines/transforms.py ``RandomFlip.bbox_flip``) and results widths are ``x2 - x1 + 1``
-  (core/evaluation/coco_utils.py ``xyxy2xywh``); 0.0 in torchvision (``x2 = x + w``, ``x -> W - x``).
+  (core/evaluation/coco_utils.py ``xyxy2xywh``); 0.0 in torchvision (``x2 = x + w``,
+  ``x -> W - x``).
   ``per_axis_scale``: False in mmdetection v1, whose boxes are multiplied by the one
   ``scale_factor`` of ``mmcv.imrescale`` (and divided by it for results); True in torchvision
   (``transform.resize_boxes``: each axis by resized / original size).
