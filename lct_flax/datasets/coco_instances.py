@@ -37,7 +37,6 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from lct_flax.datasets import coco_layout
-from lct_flax.datasets import coco_shapes
 
 _DOWNLOAD_HINT = {
     "2017": ("download train2017.zip, val2017.zip and annotations_trainval2017.zip from "
@@ -106,7 +105,7 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
       CocoInstancesConfig(name="2017", description="COCO 2017 instances (80 categories).",
                           categories=coco_layout.COCO_CATEGORIES),
       CocoInstancesConfig(name="shapes", description="Generated shapes (lct_flax coco_shapes).",
-                          categories=coco_shapes.CATEGORIES),
+                          categories=coco_layout.SHAPES_CATEGORIES),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "COCO 2017: download train2017.zip, val2017.zip and annotations_trainval2017.zip from "

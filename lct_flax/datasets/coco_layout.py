@@ -1,4 +1,4 @@
-"""The COCO 2017 directory layout and its 80 categories (no TensorFlow here).
+"""The COCO 2017 directory layout and the categories of COCO and of coco_shapes (no TensorFlow).
 
 The layout users download from cocodataset.org (train2017.zip, val2017.zip and
 annotations_trainval2017.zip, unzipped into one directory)::
@@ -41,6 +41,9 @@ COCO_CATEGORIES = (
     (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"),
     (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
 )
+
+# (category id, name) of the generated ``coco_shapes``; ids deliberately not contiguous.
+SHAPES_CATEGORIES = ((2, "circle"), (5, "triangle"), (9, "rectangle"), (14, "star"))
 
 
 def required_paths() -> list[str]:

@@ -36,8 +36,7 @@ from pycocotools import mask as mask_utils
 
 from lct_flax.datasets import coco_layout
 
-# (category id, name); ids deliberately not contiguous.
-CATEGORIES = ((2, "circle"), (5, "triangle"), (9, "rectangle"), (14, "star"))
+CATEGORIES = coco_layout.SHAPES_CATEGORIES
 # (height, width): landscape, square and portrait.
 IMAGE_SIZES = ((96, 128), (120, 160), (96, 160), (128, 128), (128, 96), (160, 120), (160, 96))
 
