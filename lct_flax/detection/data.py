@@ -142,6 +142,18 @@ def _split_index(builder, split):
   return {field: np.asarray(index[field], np.int64) for field in coco_instances.INDEX_FIELDS}
 
 
+def _records(builder, split, index):
+  """The split's records, read by position; checked to be in the order of the split index."""
+  source = builder.as_data_source(split, decoders=_UNDECODED_IMAGE)
+  ends = (0, len(source) - 1) if len(source) else ()
+  if len(source) != len(index["image_id"]) or any(
+      source[i]["image/id"] != index["image_id"][i] for i in ends):
+    raise DetectionDataError(f"the records of {builder.info.full_name}:{split} in "
+                             f"{builder.data_dir} do not follow its index; delete that directory "
+                             f"and prepare the dataset again.")
+  return source
+
+
 def get_dataset_info(dataset_config) -> DetectionDatasetInfo:
   """Classes, original category ids and split sizes of the prepared dataset."""
   settings = data_config.settings(dataset_config)
@@ -226,15 +238,13 @@ def _train_records(index, settings, description, warn):
   return np.flatnonzero(keep)
 
 
-def _train_layout(builder, settings, warn=False):
+def _train_layout(index, settings, warn=False):
   description = f"{settings.name}:{settings.train_split}"
-  index = _split_index(builder, settings.train_split)
   return _layout(index, _train_records(index, settings, description, warn), settings,
                  description)
 
 
-def _eval_layout(builder, settings):
-  index = _split_index(builder, settings.eval_split)
+def _eval_layout(index, settings):
   return _layout(index, np.arange(len(index["image_id"])), settings,
                  f"{settings.name}:{settings.eval_split}")
 
@@ -258,7 +268,8 @@ def steps_per_epoch(dataset_config, global_batch_size: int) -> int:
   """Train steps per epoch (the same on every process; independent of the process count)."""
   settings = data_config.settings(dataset_config)
   _check_batch_size(global_batch_size, 1)
-  layout = _train_layout(_prepared_builder(settings), settings)
+  layout = _train_layout(_split_index(_prepared_builder(settings), settings.train_split),
+                         settings)
   return sampler.steps_per_epoch(layout.canvas, len(settings.canvases), global_batch_size)
 
 
@@ -266,7 +277,8 @@ def num_eval_batches(dataset_config, global_batch_size: int, process_count=None)
   """Batches ``create_eval_iterator`` yields on every process."""
   settings = data_config.settings(dataset_config)
   _check_batch_size(global_batch_size, _process(None, process_count)[1])
-  layout = _eval_layout(_prepared_builder(settings), settings)
+  layout = _eval_layout(_split_index(_prepared_builder(settings), settings.eval_split),
+                        settings)
   return sampler.steps_per_epoch(layout.canvas, len(settings.canvases), global_batch_size)
 
 
@@ -381,10 +393,10 @@ def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
                              f"non-negative.")
   builder = _prepared_builder(settings)
   index = _split_index(builder, settings.train_split)
-  layout = _train_layout(builder, settings, warn=True)
+  layout = _train_layout(index, settings, warn=True)
   num_canvases = len(settings.canvases)
   num_steps = sampler.steps_per_epoch(layout.canvas, num_canvases, global_batch_size)
-  source = builder.as_data_source(settings.train_split, decoders=_UNDECODED_IMAGE)
+  source = _records(builder, settings.train_split, index)
 
   @functools.lru_cache(maxsize=2)
   def plan(epoch):
@@ -393,11 +405,11 @@ def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
                               ).process_share(process_index, process_count)
 
   def read_step(step):
-    epoch, step = divmod(step, num_steps)
+    epoch, batch = divmod(step, num_steps)
     epoch_plan = plan(epoch)
-    canvas = np.asarray(settings.canvases[epoch_plan.canvas[step]], np.int32)
+    canvas = np.asarray(settings.canvases[epoch_plan.canvas[batch]], np.int32)
     rows = []
-    for position, flip in zip(epoch_plan.images[step], epoch_plan.flip[step]):
+    for position, flip in zip(epoch_plan.images[batch], epoch_plan.flip[batch]):
       record = source[int(layout.records[position])]
       fields = _image_fields(layout, position, index)
       rows.append({"image": record["image"], "canvas": canvas, "flip": flip, **fields,
@@ -426,10 +438,10 @@ def create_eval_iterator(dataset_config, *, global_batch_size: int, process_inde
   local_batch = _check_batch_size(global_batch_size, process_count)
   builder = _prepared_builder(settings)
   index = _split_index(builder, settings.eval_split)
-  layout = _eval_layout(builder, settings)
+  layout = _eval_layout(index, settings)
   plan = sampler.eval_plan(layout.canvas, len(settings.canvases), global_batch_size
                            ).process_share(process_index, process_count)
-  source = builder.as_data_source(settings.eval_split, decoders=_UNDECODED_IMAGE)
+  source = _records(builder, settings.eval_split, index)
   blank = {"image": b"", "image_shape": np.zeros(2, np.int32), "image_id": np.int64(-1),
            "scale": np.ones(2, np.float32), "original_shape": np.zeros(2, np.int32),
            "flip": False, "mask": False}
@@ -450,7 +462,7 @@ def create_eval_iterator(dataset_config, *, global_batch_size: int, process_inde
 
 
 def read_annotations(dataset_config, split=None) -> dict:
-  """The split's annotations as a COCO-format dict, rebuilt from the records (images unread).
+  """The split's annotations as a COCO-format dict, rebuilt from the records (images undecoded).
 
   ``images``, ``annotations`` (ids, category ids, ``bbox``, ``area``, ``iscrowd``,
   ``segmentation``, all as in the original file) and ``categories``: what pycocotools' ``COCO``
@@ -460,8 +472,7 @@ def read_annotations(dataset_config, split=None) -> dict:
   settings = data_config.settings(dataset_config)
   builder = _prepared_builder(settings)
   split = split or settings.eval_split
-  _split_index(builder, split)
-  source = builder.as_data_source(split, decoders=_UNDECODED_IMAGE)
+  source = _records(builder, split, _split_index(builder, split))
   images, annotations = [], []
   for i in range(len(source)):
     record = source[i]
