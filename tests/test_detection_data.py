@@ -31,6 +31,10 @@ def _annotation_file(layout, split):
     return json.load(f)
 
 
+def _by_id(items):
+  return sorted(items, key=lambda item: item["id"])
+
+
 def _take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
@@ -135,9 +139,8 @@ def test_builder_keeps_images_and_annotations_exactly(shapes_config, coco_shapes
 def test_read_annotations_rebuilds_the_annotation_file(shapes_config, coco_shapes_layout):
   original = _annotation_file(coco_shapes_layout, "validation")
   rebuilt = data.read_annotations(shapes_config)
-  by_id = lambda items: sorted(items, key=lambda item: item["id"])  # noqa: E731
-  assert by_id(rebuilt["annotations"]) == by_id(original["annotations"])
-  assert by_id(rebuilt["images"]) == by_id(
+  assert _by_id(rebuilt["annotations"]) == _by_id(original["annotations"])
+  assert _by_id(rebuilt["images"]) == _by_id(
       [{k: image[k] for k in ("id", "file_name", "height", "width")}
        for image in original["images"]])
   assert rebuilt["categories"] == [{"id": c["id"], "name": c["name"]}
@@ -150,6 +153,21 @@ def test_dataset_info(shapes_config):
       num_classes=4, category_ids=(2, 5, 9, 14),
       class_names=("circle", "triangle", "rectangle", "star"), num_train_images=24,
       num_eval_images=10)
+
+
+def test_records_out_of_step_with_their_index_are_refused(shapes_config, tmp_path):
+  shutil.copytree(shapes_config.data_dir, tmp_path / "data")
+  builder = tfds.builder(shapes_config.name, data_dir=str(tmp_path / "data"))
+  path = os.path.join(builder.data_dir, "metadata.json")
+  with open(path) as f:
+    metadata = json.load(f)
+  ids = metadata["validation"]["image_id"]
+  ids[0], ids[-1] = ids[-1], ids[0]
+  with open(path, "w") as f:
+    json.dump(metadata, f)
+  shapes_config.data_dir = str(tmp_path / "data")
+  with pytest.raises(DetectionDataError, match="do not follow its index; delete that directory"):
+    data.create_eval_iterator(shapes_config, global_batch_size=2)
 
 
 def _copy_layout(layout, destination, *, without=None):
