@@ -114,7 +114,7 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
       "python -m lct_flax.datasets.coco_shapes --output=<manual dir>.")
 
   def __init__(self, *, file_format=None, **kwargs):
-    # ArrayRecord: random access by index (tfds data sources) as well as tf.data.
+    # ArrayRecord: records read by position (tfds data sources), as the input pipeline does.
     super().__init__(file_format=file_format or "array_record", **kwargs)
 
   def _info(self):
