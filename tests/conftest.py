@@ -150,3 +150,39 @@ def make_untrained_export(_prepared_digits, tmp_path):
                        model_config=model_config, dataset_config=dataset_config)
 
   return make
+
+
+# ---------------------------------------------------------------------------------------------
+# The generated COCO-layout shapes dataset, prepared by the real coco_instances builder.
+
+# 24 train / 10 validation images of 96-160 px; 2 train and 1 validation image without
+# annotations, 1 train image with only a crowd region, 2 train images with an extra degenerate
+# (0.5 px wide) annotation; crowd regions in about a third of the others.
+COCO_SHAPES = dict(num_train=24, num_val=10, empty_train=2, empty_val=1, crowd_only_train=1,
+                   degenerate_boxes=2, crowd_fraction=0.3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def coco_shapes_layout(tmp_path_factory):
+  """A ``coco_shapes.ShapesCoco``: the COCO 2017 layout written with ``COCO_SHAPES``."""
+  from lct_flax.datasets import coco_shapes
+
+  return coco_shapes.write_shapes_coco(str(tmp_path_factory.mktemp("coco_shapes")),
+                                       **COCO_SHAPES)
+
+
+@pytest.fixture(scope="session")
+def _prepared_shapes(coco_shapes_layout, tmp_path_factory):
+  from lct_flax.detection import data, data_config
+
+  config = data_config.shapes_dataset_config(
+      data_dir=str(tmp_path_factory.mktemp("shapes_data")), manual_dir=coco_shapes_layout.root)
+  data.prepare_dataset(config)
+  return config
+
+
+@pytest.fixture
+def shapes_config(_prepared_shapes):
+  """Detection dataset config of ``coco_instances/shapes`` prepared from ``coco_shapes_layout``
+  (canvases (128, 160) and (160, 128)). A fresh copy per test: edit it freely."""
+  return _prepared_shapes.copy_and_resolve_references()

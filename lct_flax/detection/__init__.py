@@ -1,7 +1,9 @@
-"""Detection ops for Faster/Cascade/Mask R-CNN in JAX (issues 13-14).
+"""Object detection and instance segmentation (the paper's Tables 6 and 7) in JAX.
 
-`convention` holds where mmdetection v1.0 (the paper's framework) and torchvision differ;
-`boxes` (IoU, box coder, NMS), `anchors`, `roi_align`, `targets` (assigner, sampler, RPN and
-R-CNN targets), `losses` and `postprocess` (RPN proposals, per-class NMS) are pure, jit-able
-functions with static shapes, on which the models are built.
+Data: `data_config`, `transforms`, `sampler`, `data` (COCO-layout records -> canvas batches) and
+`coco_eval` (results JSON, COCOeval). Ops: `convention` (where mmdetection v1.0, the paper's
+framework, and torchvision differ), `boxes` (IoU, box coder, NMS), `anchors`, `roi_align`,
+`targets` (assigner, sampler, RPN and R-CNN targets), `losses` and `postprocess` (RPN proposals,
+per-class NMS): pure, jit-able functions with static shapes. Model: `fpn`, `rpn`, `roi_heads`,
+`detector` (Faster and Cascade R-CNN).
 """
