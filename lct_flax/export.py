@@ -21,7 +21,9 @@ export.json (so ``config.model.name``, ``config.dataset.image_size``, ``config.s
 It checks the checksum, the arrays and their shapes against the model before returning anything.
 
 Exports are written into a temporary directory next to the output and renamed into place when
-complete, so a crash never leaves a half-written export that looks finished; an existing export is
+complete, so a crash never leaves a half-written export that looks finished (the next export to
+the same output removes a temporary directory that a killed one left; a failed write, e.g. a full
+disk, removes its own and raises ``fileio.WriteError`` in one line); an existing export is
 replaced only with ``overwrite=True`` (``--overwrite``).
 """
 
@@ -42,6 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lct_flax import dataset_defaults
 from lct_flax import fileio
 from lct_flax import models
 
@@ -122,9 +125,8 @@ def model_config_from_training(config: Mapping[str, Any], num_classes: int) -> d
 
 def dataset_config_from_training(config: Mapping[str, Any]) -> dict:
   """The `dataset` section (eval preprocessing) from a training config."""
-  from lct_flax import input_pipeline  # TensorFlow only when exporting from a workdir.
   d = config["dataset"]
-  defaults = input_pipeline.default_dataset_config(d["name"])
+  defaults = dataset_defaults.default_dataset_config(d["name"])
   section = {"name": d["name"], "eval_split": d.get("eval_split", defaults.eval_split),
              "data_dir": d.get("data_dir")}
   for key in _PREPROCESSING_KEYS:
@@ -200,7 +202,8 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
 
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+  fileio.remove_abandoned_temporaries(parent, os.path.basename(output))  # of a killed export
+  tmp = tempfile.mkdtemp(prefix=fileio.temporary_prefix(os.path.basename(output)), dir=parent)
   try:
     os.chmod(tmp, 0o777 & ~fileio.current_umask())  # mkdtemp makes it private; an export is an ordinary dir
     variables_path = os.path.join(tmp, VARIABLES_FILE)
@@ -228,8 +231,14 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
       os.fsync(f.fileno())
     fileio.fsync_dir(tmp)
     _move_into_place(tmp, output, overwrite)
-  except BaseException:
+  except BaseException as error:
     shutil.rmtree(tmp, ignore_errors=True)
+    failure = fileio.write_error(
+        error, what=f"export {os.path.basename(output)}", directory=parent,
+        needed_bytes=sum(a.nbytes for a in flat.values()),
+        then="Nothing was exported: free some space and export again.")
+    if failure is not None:
+      raise failure from error
     raise
   fileio.fsync_dir(parent)
   return output
@@ -259,9 +268,6 @@ def restore_inference_variables(workdir: str, step: Optional[int] = None
   Returns (variables {"params", "batch_stats"} on the host, the training config as a JSON dict,
   num_classes, step).
   """
-  from lct_flax import checkpointing  # the training side: only needed to export
-  from lct_flax import trainer
-
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise ExportError(f"workdir {workdir} does not exist; pass the --workdir of a training run.")
@@ -271,6 +277,10 @@ def restore_inference_variables(workdir: str, step: Optional[int] = None
     if not os.path.isfile(path):
       raise ExportError(f"{path} is missing: {workdir} is not a training workdir (train.py "
                         f"writes config.json and model.json there).")
+  if step is not None and step < 0:
+    raise ExportError(f"--step must be a checkpoint step (>= 0), got {step}.")
+  from lct_flax import checkpointing  # the training side (orbax): only once the workdir is one
+  from lct_flax import trainer
   try:
     with open(config_path) as f:
       config_json = json.load(f)
