@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,9 @@ import numpy as np
 
 from lct_flax import dataset_defaults
 from lct_flax import fileio
-from lct_flax import models
+
+if TYPE_CHECKING:
+  from lct_flax import models  # flax: imported when a model is built (not to refuse a command)
 
 FORMAT = "lct_flax.export"
 FORMAT_VERSION = 1
@@ -139,6 +141,7 @@ def dataset_config_from_training(config: Mapping[str, Any]) -> dict:
 
 def build_model(model_config: Mapping[str, Any]) -> models.ResNet:
   """`models.create_model` from an export's `model` section."""
+  from lct_flax import models
   missing = [k for k in MODEL_KEYS if k not in model_config]
   if missing:
     raise ExportError(f"model config lacks {missing}; it needs {list(MODEL_KEYS)}.")
