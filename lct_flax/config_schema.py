@@ -260,7 +260,6 @@ ATTENTION_OPTIONS: dict[str, dict[str, Any]] = {
     "se_norm": _SE_OPTIONS,
 }
 
-_SECTIONS = {key.rsplit(".", 1)[0] for key in RULES if "." in key}
 
 Problem = tuple[str, str]  # (key, message)
 
@@ -324,12 +323,18 @@ def _as_dict(config: Any) -> Mapping[str, Any]:
   return config.to_dict() if hasattr(config, "to_dict") else config
 
 
-def _leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def _sections() -> set[str]:
+  """Every dotted prefix of a key in RULES ("model", "dataset", "a" and "a.b" of "a.b.c")."""
+  return {key.rsplit(".", depth)[0] for key in RULES for depth in range(1, key.count(".") + 1)}
+
+
+def _leaves(node: Mapping[str, Any], sections: set[str],
+            prefix: str = "") -> Iterator[tuple[str, Any]]:
   """(dotted key, value), descending into the known sections only."""
   for key, value in node.items():
     path = f"{prefix}{key}"
-    if path in _SECTIONS and isinstance(value, Mapping):
-      yield from _leaves(value, f"{path}.")
+    if path in sections and isinstance(value, Mapping):
+      yield from _leaves(value, sections, f"{path}.")
     else:
       yield path, value
 
@@ -356,12 +361,13 @@ def _unknown_key(key: str) -> Problem:
 
 def problems(config: Any) -> list[Problem]:
   """Every problem of `config` (a ConfigDict or its JSON dict), as (key, one-line message)."""
-  flat = dict(_leaves(_as_dict(config)))
+  sections = _sections()
+  flat = dict(_leaves(_as_dict(config), sections))
   found = [(key, f"config has no {key!r}; every training config needs it (see configs/base.py).")
            for key, rule in RULES.items() if rule.required and key not in flat]
   valid = {}
   for key, value in flat.items():
-    if key in _SECTIONS:
+    if key in sections:
       found.append(_problem(key, value, "a section (a ConfigDict)"))
     elif key not in RULES:
       found.append(_unknown_key(key))

@@ -176,3 +176,20 @@ def test_command_line_refusals_import_neither_jax_nor_tensorflow():
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert COMMAND_LINE_SAMPLE[case] in lines[0]
     assert not {m for m in imported if m.split(".")[0] in ("jax", "tensorflow", "flax")}, case
+
+
+def test_new_keys_and_nested_sections_are_one_rule_each(monkeypatch):
+  """How the detection settings will be added: a rule per dotted key, sections follow."""
+  monkeypatch.setitem(config_schema.RULES, "detection.rpn.nms_threshold",
+                      config_schema.Real(0, 1, open_low=True, required=False))
+  config = importlib.import_module("configs.demo").get_config().to_dict()
+  config["detection"] = {"rpn": {"nms_threshold": 0.7}}
+  config_schema.validate(config)
+  config["detection"]["rpn"]["nms_threshold"] = 0.0
+  with pytest.raises(config_schema.ConfigError,
+                     match=r"config.detection.rpn.nms_threshold=0.0 is not allowed: it must be a "
+                           r"finite number in \(0, 1\]"):
+    config_schema.validate(config)
+  config["detection"] = 3
+  with pytest.raises(config_schema.ConfigError, match=r"config.detection=3 is not allowed"):
+    config_schema.validate(config)
