@@ -14,7 +14,7 @@ import logging as std_logging
 import os
 import re
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -65,10 +65,9 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """absl's flag parsing; FlagError with one line for anything it cannot parse."""
-  for arg in argv[1:]:
-    config_file = re.match(r"^--?config=([^:]*)", arg)
-    if config_file and not os.path.isfile(config_file.group(1)):
-      raise FlagError(f"config file {config_file.group(1)} does not exist; pass "
+  for config_file in _config_files(argv):
+    if not os.path.isfile(config_file):
+      raise FlagError(f"config file {config_file!r} does not exist; pass "
                       f"--config=configs/<experiment>.py.")
   try:
     return flag_values(list(argv))
@@ -83,6 +82,15 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
   except SyntaxError as error:
     raise FlagError(f"{error.filename} is not a Python config file ({error.msg}, line "
                     f"{error.lineno}).") from None
+
+
+def _config_files(argv: Sequence[str]) -> Iterator[str]:
+  """The files of --config=PATH[:ARG] and --config PATH[:ARG] (ml_collections' config flag)."""
+  for i, arg in enumerate(argv[1:], 1):
+    if re.match(r"^--?config=", arg):
+      yield arg.split("=", 1)[1].split(":", 1)[0]
+    elif re.match(r"^--?config$", arg):
+      yield (argv[i + 1] if i + 1 < len(argv) else "").split(":", 1)[0]
 
 
 def _bad_value_message(message: str) -> str:

@@ -125,7 +125,9 @@ class _Holder:
       self.mtime = os.stat(path).st_mtime
     except (ValueError, OSError):
       record, self.mtime = None, time.time()
-    self.record = record if isinstance(record, dict) else None
+    valid = (isinstance(record, dict) and isinstance(record.get("pid"), int)
+             and isinstance(record.get("host"), str))
+    self.record = record if valid else None
 
   def is_same_machine(self) -> bool:
     """Same host name, boot and pid namespace: its pid can be checked from here."""

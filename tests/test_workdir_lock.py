@@ -97,6 +97,10 @@ def test_an_unreadable_lock_needs_force(tmp_path):
     f.write("{not json")
   with pytest.raises(workdir_lock.WorkdirLockError, match="cannot read the lock"):
     workdir_lock.acquire(str(tmp_path))
+  with open(lock_path(tmp_path), "w") as f:
+    json.dump({"host": "h"}, f)
+  with pytest.raises(workdir_lock.WorkdirLockError, match="cannot read the lock"):
+    workdir_lock.acquire(str(tmp_path))
   workdir_lock.acquire(str(tmp_path), force=True).release()
 
 
