@@ -334,9 +334,9 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
   evaluate = [sys.executable, "-m", "lct_flax.evaluate"]
   cases = {
       "unknown model": (train_command(base / "a", tiny_flags(data, model__name="resnet20")),
-                        "unknown model 'resnet20'", None),
-      "unknown attention": (train_command(base / "b", tiny_flags(
-          data, model__attention="cbam")), "unknown attention 'cbam'", None),
+                        "config.model.name='resnet20' is not allowed: it must be one of", None),
+      "unknown attention": (train_command(base / "b", tiny_flags(data, model__attention="cbam")),
+                            "config.model.attention='cbam' is not allowed", None),
       "unknown dataset": (train_command(base / "c", tiny_flags(
           data, dataset__name="nosuchdataset")), "unknown dataset 'nosuchdataset'", None),
       "unknown config key": (train_command(base / "d", tiny_flags(data, foo=1)),
@@ -359,6 +359,10 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
       "damaged export": (evaluate + [f"--export={damaged}"], "variables.npz", None),
       "workdir not writable": (train_command("/etc/passwd/run", tiny_flags(data)),
                                "workdir /etc/passwd/run is not writable", None),
+      "missing config file": (train_command(base / "j", [], config="configs/nope.py"),
+                              "config file 'configs/nope.py' does not exist", None),
+      "bad config argument": (train_command(base / "k", [], config="configs/lct_resnet50.py:g"),
+                              "config argument 'g' is not KEY=VALUE", None),
   }
   procs = {name: subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -376,7 +380,7 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
     "unknown model", "unknown attention", "unknown dataset", "unknown config key",
     "groups do not divide", "one channel per group", "batch not divisible",
     "missing imagenet tars", "empty split", "missing export", "damaged export",
-    "workdir not writable"])
+    "workdir not writable", "missing config file", "bad config argument"])
 def test_bad_input_is_refused_with_one_clear_line(refusals, case):
   code, lines, expected, _ = refusals[case]
   assert code != 0
