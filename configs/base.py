@@ -9,7 +9,8 @@ saw 64 images: `bn_group_size=64` reproduces that; 0 uses the whole global batch
 
 import ml_collections
 
-from lct_flax import input_pipeline
+from lct_flax import dataset_defaults
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -22,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
       "small_stem": False,
       "zero_init_last_bn": False,
   })
-  config.dataset = input_pipeline.default_dataset_config("imagenet2012")
+  config.dataset = dataset_defaults.default_dataset_config("imagenet2012")
 
   config.batch_size = 256                 # global, over all devices and processes
   config.num_epochs = 100

@@ -52,7 +52,6 @@ from lct_flax import attention as attention_lib
 from lct_flax import evaluate as evaluate_lib
 from lct_flax import fileio
 from lct_flax import export as export_lib
-from lct_flax import input_pipeline
 from lct_flax import parallel
 
 QUANTITIES = ("context_before", "context_after", "attention")
@@ -213,6 +212,7 @@ def compute_statistics(model: nn.Module, variables: dict, batches: Iterator[dict
 
   Returns ({block name: BlockStats}, number of examples).
   """
+  from lct_flax import input_pipeline  # prefetch_to_mesh; the batches come from it anyway
   mesh = parallel.create_mesh() if mesh is None else mesh
   replicated = parallel.replicated_sharding(mesh)
   data_sharding = parallel.batch_sharding(mesh)
@@ -243,6 +243,7 @@ def analyze_export(export_dir: str, *, dataset: Optional[str] = None, split: Opt
   """Loads the export and computes the statistics on its eval data (or the given dataset)."""
   export_dir = os.path.abspath(export_dir)
   model, variables, config = export_lib.load(export_dir)
+  from lct_flax import input_pipeline  # TensorFlow: only once the export is known to be good
   module_name = attention_module_name(config.model)
   blocks = attention_blocks(variables["params"], module_name, all_blocks)
   if not blocks:
@@ -258,8 +259,6 @@ def analyze_export(export_dir: str, *, dataset: Optional[str] = None, split: Opt
   raw = input_pipeline.create_eval_iterator(dataset_config, global_batch_size=batch_size)
   total = input_pipeline.num_eval_batches(dataset_config, batch_size)
   if max_examples is not None:
-    if max_examples < 1:
-      raise AnalysisError(f"--max_examples must be positive, got {max_examples}.")
     total = min(total, math.ceil(max_examples / batch_size) + 1)
   batches = evaluate_lib._progress(
       _limit_examples(raw, max_examples), total,
@@ -393,6 +392,9 @@ def run_analysis(export_dir: str, output_dir: str, *, compare: Optional[str] = N
                  max_examples: Optional[int] = None, all_blocks: bool = False,
                  progress: bool = True) -> tuple[list[ModelStats], list[str]]:
   """The whole analysis: `export_dir` (and `compare`, on the same data) -> files in output_dir."""
+  evaluate_lib.check_arguments(batch_size=batch_size, data_dir=data_dir)
+  if max_examples is not None and max_examples < 1:
+    raise AnalysisError(f"--max_examples must be positive, got {max_examples}.")
   options = dict(batch_size=batch_size, max_examples=max_examples, all_blocks=all_blocks,
                  progress=progress)
   if compare is not None:  # fail fast, before the first (slow) pass

@@ -1,13 +1,21 @@
 """Orbax checkpoints of the train state: save every N steps, keep the last k, resume the newest.
 
-Orbax writes each checkpoint into a temporary directory and renames it when complete, so a crash
-mid-write never leaves a half-written checkpoint that looks finished. All processes call `save`
-and `restore` together (the arrays are global).
+Orbax writes each checkpoint into a temporary directory (`<step>.orbax-checkpoint-tmp...`) and
+renames it when complete, so a crash mid-write never leaves a half-written checkpoint that looks
+finished. A save that cannot fit in the free space is refused before anything is written; one
+that fails anyway (disk full, quota...) removes its temporary directory; both raise
+`fileio.WriteError` in one line, and the previous checkpoints are untouched. A writing
+Checkpointer (`create=True`, only made by the training run, which holds the workdir lock) first
+removes the temporary directories that a killed run left. All processes call `save` and `restore`
+together (the arrays are global).
 """
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
+import shutil
+import sys
 from typing import Any, Optional
 
 import jax
@@ -15,9 +23,67 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from lct_flax import fileio
+
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint could be restored."""
+
+
+# A checkpoint on disk is the state's bytes plus orbax's metadata: about 8% more for the tiny test
+# models, less for real ones.
+CHECKPOINT_OVERHEAD = 1.1
+
+
+class _OrbaxErrors(std_logging.Filter):
+  """Holds back orbax's error records (tracebacks from its writer threads)."""
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+      self.records.append(record)
+      return False
+    return True
+
+
+class _NeverRetrieved(std_logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" records."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in record.getMessage()
+
+
+class _SaveFailureNoise:
+  """While a save runs, holds back what orbax and TensorStore print when it fails: orbax's error
+  records, asyncio's "exception was never retrieved" about orbax's abandoned writer tasks (when
+  they are garbage-collected, at exit) and "Event loop is closed" from TensorStore callbacks into
+  orbax's closed event loop. A failure told as one WriteError line drops them for the rest of the
+  process (the run ends); otherwise orbax's records are let through and all is as before."""
+
+  def __enter__(self) -> "_SaveFailureNoise":
+    self._absl, self._asyncio = std_logging.getLogger("absl"), std_logging.getLogger("asyncio")
+    self._orbax_errors, self._never_retrieved = _OrbaxErrors(), _NeverRetrieved()
+    self._absl.addFilter(self._orbax_errors)
+    self._asyncio.addFilter(self._never_retrieved)
+    self._unraisablehook = sys.unraisablehook
+    sys.unraisablehook = self._unraisable
+    return self
+
+  def _unraisable(self, unraisable) -> None:
+    if str(unraisable.exc_value) != "Event loop is closed":
+      self._unraisablehook(unraisable)
+
+  def __exit__(self, exc_type, exc_value, traceback) -> None:
+    self._absl.removeFilter(self._orbax_errors)
+    if exc_type is not None and issubclass(exc_type, fileio.WriteError):
+      return
+    self._asyncio.removeFilter(self._never_retrieved)
+    sys.unraisablehook = self._unraisablehook
+    for record in self._orbax_errors.records:
+      self._absl.handle(record)
 
 
 class Checkpointer:
@@ -34,6 +100,9 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                              enable_async_checkpointing=False))
+    if create:
+      for path in self._remove_unfinished():
+        logging.warning("Removed %s, an unfinished checkpoint of an interrupted run.", path)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -45,9 +114,32 @@ class Checkpointer:
     """Writes `state` as checkpoint `step` (skipped if that step is already saved)."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state))
-    self._manager.wait_until_finished()
+    where = dict(what=f"checkpoint {step}", directory=self.directory,
+                 needed_bytes=CHECKPOINT_OVERHEAD * sum(x.nbytes for x in jax.tree.leaves(state)),
+                 then="The previous checkpoints are intact: free some space and run the same "
+                      "command to resume.")
+    fileio.check_free_space(**where)
+    with _SaveFailureNoise():
+      try:
+        self._manager.save(step, args=ocp.args.StandardSave(state))
+        self._manager.wait_until_finished()
+      except Exception as error:  # pylint: disable=broad-except  # TensorStore wraps OSErrors
+        self._remove_unfinished()
+        failure = fileio.write_error(error, **where)
+        if failure is None:
+          raise
+        raise failure from error
     logging.info("Saved checkpoint %s", self.path(step))
+
+  def _remove_unfinished(self) -> list[str]:
+    """Removes orbax's temporary checkpoint directories (process 0); returns their paths."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return []
+    unfinished = [os.path.join(self.directory, name) for name in sorted(os.listdir(self.directory))
+                  if ocp.utils.TMP_DIR_SUFFIX in name]
+    for path in unfinished:
+      shutil.rmtree(path, ignore_errors=True)
+    return unfinished
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
     """Restores checkpoint `step` into the structure and shardings of `abstract_state` (a pytree

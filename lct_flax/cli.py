@@ -2,19 +2,26 @@
 
 A bad config, a missing dataset, an incompatible workdir and the like raise ValueError (or one of
 its kin below) with a message that names the problem and the fix; users should see that line, not
-a traceback. `--verbose` shows the traceback too.
+a traceback. `--verbose` shows the traceback too. Command lines that cannot be parsed (unknown
+flags or config keys, values of the wrong type, a missing config file) are refused the same way by
+`parse_flags`, before any heavy import; TensorFlow's import banners are kept off the console
+(`quiet_tensorflow`).
 """
 
 from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from lct_flax import config_schema
+from lct_flax import quiet_tensorflow
 
 flags.DEFINE_bool("verbose", False, "Show tracebacks of expected errors too.")
 
@@ -23,6 +30,12 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# absl's message for a value that does not parse: "flag --config.KEY=VALUE: reason".
+_BAD_CONFIG_VALUE = re.compile(r"^flag --config\.([\w.]+)=(.*?): ", re.DOTALL)
+
+
+class FlagError(ValueError):
+  """A command line that cannot be parsed."""
 
 
 class _OwnInfoOnly(std_logging.Filter):
@@ -34,6 +47,7 @@ class _OwnInfoOnly(std_logging.Filter):
 
 def run(main: Callable[[list[str]], None]) -> None:
   """`app.run(main)`, printing expected errors as `error: <message>` and exiting with 1."""
+  quiet_tensorflow.install()
 
   def guarded(argv):
     if not flags.FLAGS.verbose:
@@ -49,16 +63,54 @@ def run(main: Callable[[list[str]], None]) -> None:
   app.run(guarded, flags_parser=_parse_flags)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a one-line error for a flag or config key that does not exist."""
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl's flag parsing; FlagError with one line for anything it cannot parse."""
+  for config_file in _config_files(argv):
+    if not os.path.isfile(config_file):
+      raise FlagError(f"config file {config_file!r} does not exist; pass "
+                      f"--config=configs/<experiment>.py.")
   try:
-    return flags.FLAGS(argv)
+    return flag_values(list(argv))
+  except flags.IllegalFlagValueError as error:
+    raise FlagError(_bad_value_message(str(error))) from None
   except flags.Error as error:
-    _exit_with(f"{error}; see --helpfull for the flags.", code=2)
+    raise FlagError(f"{error}; see --helpfull for the flags.") from None
   except (AttributeError, KeyError) as error:  # ml_collections: --config.KEY with an unknown KEY
     key = str(error).strip("\"'")
-    _exit_with(f"the config has no key {key!r}; check the --config.KEY overrides against the "
-               f"config file.", code=2)
+    raise FlagError(f"the config has no key {key!r}; check the --config.KEY overrides against "
+                    f"the config file.") from None
+  except SyntaxError as error:
+    raise FlagError(f"{error.filename} is not a Python config file ({error.msg}, line "
+                    f"{error.lineno}).") from None
+
+
+def _config_files(argv: Sequence[str]) -> Iterator[str]:
+  """The files of --config=PATH[:ARG] and --config PATH[:ARG] (ml_collections' config flag)."""
+  for i, arg in enumerate(argv[1:], 1):
+    if re.match(r"^--?config=", arg):
+      yield arg.split("=", 1)[1].split(":", 1)[0]
+    elif re.match(r"^--?config$", arg):
+      yield (argv[i + 1] if i + 1 < len(argv) else "").split(":", 1)[0]
+
+
+def _bad_value_message(message: str) -> str:
+  """One line for absl's IllegalFlagValueError: a config value of the wrong type says what the
+  key allows; an error raised by a config's get_config() keeps only its last line."""
+  bad_value = _BAD_CONFIG_VALUE.match(message)
+  if bad_value and config_schema.describe(bad_value.group(1)):
+    key, value = bad_value.groups()
+    return f"config.{key}={value!r} is not allowed: it must be {config_schema.describe(key)}."
+  if "Error whilst parsing config file" in message:
+    last = message.strip().splitlines()[-1]
+    return f"{message.split(':', 1)[0]}: {last.split(': ', 1)[-1]}"
+  return f"{message.strip().splitlines()[0]}; see --helpfull for the flags."
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return parse_flags(argv)
+  except FlagError as error:
+    _exit_with(str(error), code=2)
 
 
 def _exit_with(message: str, code: int) -> None:

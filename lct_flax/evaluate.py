@@ -22,16 +22,18 @@ import os
 import re
 import sys
 import time
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import jax
 import ml_collections
 
+from lct_flax import dataset_defaults
 from lct_flax import export as export_lib
 from lct_flax import fileio
-from lct_flax import input_pipeline
 from lct_flax import parallel
-from lct_flax import trainer
+
+if TYPE_CHECKING:
+  from lct_flax import input_pipeline  # TensorFlow: imported where the data is read
 
 DEFAULT_BATCH_SIZE = 128
 
@@ -47,7 +49,7 @@ def eval_dataset_config(export_config: ml_collections.ConfigDict, *, dataset: Op
   exported = export_config.dataset
   same = dataset is None or dataset == exported.name
   name = exported.name if same else dataset
-  config = input_pipeline.default_dataset_config(name)
+  config = dataset_defaults.default_dataset_config(name)
   if same:
     config.eval_split = exported.get("eval_split", config.eval_split)
     config.data_dir = exported.get("data_dir")
@@ -66,6 +68,7 @@ def eval_dataset_config(export_config: ml_collections.ConfigDict, *, dataset: Op
 
 def dataset_info(dataset_config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
   """get_dataset_info, with an unknown split turned into a clear DatasetError."""
+  from lct_flax import input_pipeline
   try:
     return input_pipeline.get_dataset_info(dataset_config)
   except KeyError:
@@ -83,6 +86,15 @@ def check_num_classes(model_classes: int, info: input_pipeline.DatasetInfo,
     raise ValueError(
         f"{dataset_config.name} has {info.num_classes} classes but the model in {export_dir} has "
         f"{model_classes}; evaluate it on a dataset with the classes it was trained on.")
+
+
+def check_arguments(*, batch_size: Optional[int] = None, data_dir: Optional[str] = None) -> None:
+  """Refuses a non-positive batch size or a missing data_dir before anything is loaded."""
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f"--batch_size must be positive, got {batch_size}.")
+  if data_dir is not None and not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"--data_dir {data_dir} does not exist; pass the tfds data directory "
+                            f"the dataset was prepared in.")
 
 
 def default_batch_size(export_config: ml_collections.ConfigDict, num_devices: int) -> int:
@@ -114,8 +126,11 @@ def evaluate_export(export_dir: str, *, dataset: Optional[str] = None, split: Op
                     progress: bool = True) -> dict:
   """Evaluates the export on the split (defaults as in the module docstring); returns the result
   dict that the CLI writes."""
+  check_arguments(batch_size=batch_size, data_dir=data_dir)
   export_dir = os.path.abspath(export_dir)
   model, variables, config = export_lib.load(export_dir)
+  from lct_flax import input_pipeline  # TensorFlow: only once the export is known to be good
+  from lct_flax import trainer
   dataset_config = eval_dataset_config(config, dataset=dataset, split=split, data_dir=data_dir)
   info = dataset_info(dataset_config)
   check_num_classes(int(config.model.num_classes), info, dataset_config, export_dir)

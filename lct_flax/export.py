@@ -22,7 +22,9 @@ export.json (so ``config.model.name``, ``config.dataset.image_size``, ``config.s
 It checks the checksum, the arrays and their shapes against the model before returning anything.
 
 Exports are written into a temporary directory next to the output and renamed into place when
-complete, so a crash never leaves a half-written export that looks finished; an existing export is
+complete, so a crash never leaves a half-written export that looks finished (the next export to
+the same output removes a temporary directory that a killed one left; a failed write, e.g. a full
+disk, removes its own and raises ``fileio.WriteError`` in one line); an existing export is
 replaced only with ``overwrite=True`` (``--overwrite``).
 
 ``--safetensors=FILE`` also (or, without ``--output``, only) writes the variables as a
@@ -39,15 +41,18 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lct_flax import dataset_defaults
 from lct_flax import fileio
-from lct_flax import models
+
+if TYPE_CHECKING:
+  from lct_flax import models  # flax: imported when a model is built (not to refuse a command)
 
 FORMAT = "lct_flax.export"
 FORMAT_VERSION = 1
@@ -126,9 +131,8 @@ def model_config_from_training(config: Mapping[str, Any], num_classes: int) -> d
 
 def dataset_config_from_training(config: Mapping[str, Any]) -> dict:
   """The `dataset` section (eval preprocessing) from a training config."""
-  from lct_flax import input_pipeline  # TensorFlow only when exporting from a workdir.
   d = config["dataset"]
-  defaults = input_pipeline.default_dataset_config(d["name"])
+  defaults = dataset_defaults.default_dataset_config(d["name"])
   section = {"name": d["name"], "eval_split": d.get("eval_split", defaults.eval_split),
              "data_dir": d.get("data_dir")}
   for key in _PREPROCESSING_KEYS:
@@ -141,6 +145,7 @@ def dataset_config_from_training(config: Mapping[str, Any]) -> dict:
 
 def build_model(model_config: Mapping[str, Any]) -> models.ResNet:
   """`models.create_model` from an export's `model` section."""
+  from lct_flax import models
   missing = [k for k in MODEL_KEYS if k not in model_config]
   if missing:
     raise ExportError(f"model config lacks {missing}; it needs {list(MODEL_KEYS)}.")
@@ -204,7 +209,8 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
 
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+  fileio.remove_abandoned_temporaries(parent, os.path.basename(output))  # of a killed export
+  tmp = tempfile.mkdtemp(prefix=fileio.temporary_prefix(os.path.basename(output)), dir=parent)
   try:
     os.chmod(tmp, 0o777 & ~fileio.current_umask())  # mkdtemp makes it private; an export is an ordinary dir
     variables_path = os.path.join(tmp, VARIABLES_FILE)
@@ -232,8 +238,14 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
       os.fsync(f.fileno())
     fileio.fsync_dir(tmp)
     _move_into_place(tmp, output, overwrite)
-  except BaseException:
+  except BaseException as error:
     shutil.rmtree(tmp, ignore_errors=True)
+    failure = fileio.write_error(
+        error, what=f"export {os.path.basename(output)}", directory=parent,
+        needed_bytes=sum(a.nbytes for a in flat.values()),
+        then="Nothing was exported: free some space and export again.")
+    if failure is not None:
+      raise failure from error
     raise
   fileio.fsync_dir(parent)
   return output
@@ -263,9 +275,6 @@ def restore_inference_variables(workdir: str, step: Optional[int] = None
   Returns (variables {"params", "batch_stats"} on the host, the training config as a JSON dict,
   num_classes, step).
   """
-  from lct_flax import checkpointing  # the training side: only needed to export
-  from lct_flax import trainer
-
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise ExportError(f"workdir {workdir} does not exist; pass the --workdir of a training run.")
@@ -275,6 +284,10 @@ def restore_inference_variables(workdir: str, step: Optional[int] = None
     if not os.path.isfile(path):
       raise ExportError(f"{path} is missing: {workdir} is not a training workdir (train.py "
                         f"writes config.json and model.json there).")
+  if step is not None and step < 0:
+    raise ExportError(f"--step must be a checkpoint step (>= 0), got {step}.")
+  from lct_flax import checkpointing  # the training side (orbax): only once the workdir is one
+  from lct_flax import trainer
   try:
     with open(config_path) as f:
       config_json = json.load(f)

@@ -42,15 +42,16 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_dict
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lct_flax import datasets as _datasets  # noqa: F401  (registers sklearn_digits with tfds)
+# Defined without TensorFlow (configs and command-line checks use them); re-exported here.
+from lct_flax.dataset_defaults import IMAGENET_MEAN_RGB  # noqa: F401
+from lct_flax.dataset_defaults import IMAGENET_STDDEV_RGB  # noqa: F401
+from lct_flax.dataset_defaults import default_dataset_config
 
-IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CROP_ATTEMPTS = 10
 
 # Datasets that tfds can only prepare from files the user downloads by hand.
@@ -86,33 +87,6 @@ class DatasetInfo:
   num_classes: int
   num_train_examples: int
   num_eval_examples: int
-
-
-def default_dataset_config(name="imagenet2012", **overrides):
-  """The ``dataset`` ConfigDict with every field this module reads, defaults as in the paper.
-
-  ``eval_split`` is "validation" for imagenet2012 and "test" otherwise. ``resize_size`` None means
-  ``round(image_size / 0.875)`` (256 for 224). ``mean``/``std`` are RGB in 0..255 scale.
-  ``cache`` keeps the encoded training records in memory across epochs (small datasets only).
-  """
-  config = config_dict.ConfigDict({
-      "name": name,
-      "data_dir": config_dict.placeholder(str),
-      "manual_dir": config_dict.placeholder(str),
-      "train_split": "train",
-      "eval_split": "validation" if name == "imagenet2012" else "test",
-      "image_size": 224,
-      "resize_size": config_dict.placeholder(int),
-      "crop_area_range": (0.08, 1.0),
-      "aspect_ratio_range": (3 / 4, 4 / 3),
-      "random_flip": True,
-      "shuffle_buffer": 16 * 1024,
-      "cache": False,
-      "mean": IMAGENET_MEAN_RGB,
-      "std": IMAGENET_STDDEV_RGB,
-  })
-  config.update(overrides)
-  return config
 
 
 @dataclasses.dataclass(frozen=True)

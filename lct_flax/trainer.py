@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -24,22 +23,18 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from flax import traverse_util
 
 from lct_flax import checkpointing
+from lct_flax import config_schema
 from lct_flax import fileio
 from lct_flax import freezing
-from lct_flax import input_pipeline
 from lct_flax import models
 from lct_flax import parallel
 from lct_flax import preemption
 from lct_flax import pretrained
 from lct_flax import profiling
-
-# Keys every training config has (DESIGN.md); the loop refuses a config that lacks one.
-REQUIRED_KEYS = ("batch_size", "num_epochs", "num_train_steps", "seed", "checkpoint_every_steps",
-                 "model.name", "model.attention", "dataset.name")
+from lct_flax import workdir_lock
 
 # Config entries that fix the shapes of the saved state: a workdir's checkpoints only fit a config
 # that agrees on them.
@@ -205,13 +200,8 @@ def eval_step(variables: dict, batch: dict, *, model: models.ResNet) -> dict:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Refuses a config that lacks a required key."""
-  for key in REQUIRED_KEYS:
-    node = config
-    for part in key.split("."):
-      if part not in node:
-        raise ValueError(f"config has no {key!r}; every training config needs {REQUIRED_KEYS}.")
-      node = node[part]
+  """Refuses a config with a missing, unknown or out-of-range key (lct_flax.config_schema)."""
+  config_schema.validate(config)
 
 
 def model_identity(config: ml_collections.ConfigDict, num_classes: int) -> dict:
@@ -235,17 +225,6 @@ def check_workdir_compatible(workdir: str, identity: dict) -> None:
                       for k in MODEL_IDENTITY_KEYS if saved.get(k) != identity.get(k))
     raise TrainingError(f"workdir {workdir} holds a run of another model ({diffs}); "
                         f"use a new --workdir or the workdir's own config.")
-
-
-def check_workdir_writable(workdir: str) -> None:
-  """Creates `workdir` if needed and refuses one that cannot be written, before any work."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
-      pass
-  except OSError as error:
-    raise TrainingError(f"workdir {workdir} is not writable ({error.strerror or error}); "
-                        f"choose another --workdir.") from error
 
 
 def _format_duration(seconds: float) -> str:
@@ -325,6 +304,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, num_classes: Optional
   check_config(config)
   mesh = parallel.create_mesh()
   if num_classes is None or steps_per_epoch is None:
+    from lct_flax import input_pipeline  # TensorFlow: only when the dataset is needed
     input_pipeline.prepare_dataset(config.dataset)
     num_classes = input_pipeline.get_dataset_info(config.dataset).num_classes
     steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
@@ -369,15 +349,38 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
 
 
+def create_metric_writer(workdir: str, is_writer: bool) -> fileio.ReportingWriter:
+  """Progress to the log and (process 0) TensorBoard scalars in `workdir`. Synchronous, so that
+  a failed write (disk full) stops the run at once with one line, not a stream of errors from a
+  background thread."""
+  from clu import metric_writers  # TensorFlow
+  then = "The checkpoints are intact: free some space and run the same command to resume."
+  with fileio.reporting_write_errors(what="the TensorBoard log", directory=workdir, then=then):
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer,
+                                                  asynchronous=False)
+  return fileio.ReportingWriter(writer, workdir, then)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       train_batches: Optional[Callable[[int], Iterator[dict]]] = None) -> dict:
+                       train_batches: Optional[Callable[[int], Iterator[dict]]] = None,
+                       force_unlock: bool = False) -> dict:
   """Trains and evaluates as `config` says, writing checkpoints and logs to `workdir`.
 
   Running it again on the same workdir resumes from the newest checkpoint, with the data stream
-  at the same position, so the result equals an uninterrupted run's. `train_batches(start_step)`
-  can replace the configured train input with any iterator of host-local batches
-  `{"image", "label"}`. Returns the final eval metrics (with "step").
+  at the same position, so the result equals an uninterrupted run's. The run holds the workdir's
+  lock throughout (lct_flax.workdir_lock; `force_unlock` takes over one left on another host).
+  `train_batches(start_step)` can replace the configured train input with any iterator of
+  host-local batches `{"image", "label"}`. Returns the final eval metrics (with "step").
   """
+  check_config(config)
+  with workdir_lock.hold(workdir, force=force_unlock, process_index=jax.process_index(),
+                         process_count=jax.process_count()):
+    return _train_and_evaluate(config, workdir, train_batches)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        train_batches: Optional[Callable[[int], Iterator[dict]]]) -> dict:
+  from lct_flax import input_pipeline  # TensorFlow: only when training
   experiment = build_experiment(config)
   parallel.check_batch_size(config.batch_size, experiment.mesh)
   model, schedule = experiment.model, experiment.schedule
@@ -385,7 +388,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   replicated, data_sharding = experiment.replicated, experiment.data_sharding
   identity = model_identity(config, experiment.num_classes)
   is_writer = jax.process_index() == 0
-  check_workdir_writable(workdir)
   check_workdir_compatible(workdir, identity)
 
   init_record = _previous_init_record(workdir)
@@ -425,7 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                       global_batch_size=config.batch_size, seed=config.seed)
   batches = input_pipeline.prefetch_to_mesh(train_batches(start_step=start_step), data_sharding)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
+  writer = create_metric_writer(workdir, is_writer)
   progress = _Progress(start_step, total_steps, config.batch_size)
   eval_every = config.eval_every_epochs * steps_per_epoch
   pending_metrics = []

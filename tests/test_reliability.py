@@ -1,11 +1,13 @@
 """Fault injection and refusals through the real entry points: SIGKILL at random moments (one of
-them inside a checkpoint write), SIGTERM, damaged checkpoints, and one clear line per bad input."""
+them inside a checkpoint write), SIGTERM, damaged checkpoints, two runs on one workdir, a full
+disk, and one clear line per bad input."""
 
 import json
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,10 +17,12 @@ import numpy as np
 import pytest
 
 from lct_flax import trainer
+from test_workdir_lock import dead_pid, write_lock
 from tiny import tiny_demo_config, tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOISE = ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "AVX", "rebuild TensorFlow")
+# TensorFlow's import banners, which the entry points keep off the console.
+BANNERS = ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "AVX", "rebuild TensorFlow")
 
 
 def train_command(workdir, flags, config="configs/demo.py"):
@@ -97,33 +101,53 @@ def kill_during_checkpoint_write(run, checkpoints):
   return False
 
 
-def test_sigkill_at_random_moments_loses_nothing(digits_config, tmp_path):
-  overrides = dict(num_train_steps=40, checkpoint_every_steps=4, log_every_steps=1)
-  flags = tiny_flags(digits_config.data_dir, **overrides)
-  straight = Run(train_command(tmp_path / "straight", flags))
-  assert straight.finish() == 0, straight.output[-3000:]
+# The uninterrupted run that the killed, locked-out and disk-full runs are compared with.
+SHARED_RUN = dict(num_train_steps=40, checkpoint_every_steps=4, log_every_steps=1)
 
+
+@pytest.fixture(scope="module")
+def straight_run(_prepared_digits, tmp_path_factory):
+  """The TrainState leaves after an uninterrupted train.py run of SHARED_RUN."""
+  workdir = tmp_path_factory.mktemp("straight_run")
+  run = Run(train_command(workdir, tiny_flags(_prepared_digits.data_dir, **SHARED_RUN)))
+  assert run.finish() == 0, run.output[-3000:]
+  return state_leaves(tiny_demo_config(_prepared_digits.data_dir, **SHARED_RUN), workdir)
+
+
+def assert_same_as_straight_run(straight_run, data_dir, workdir):
+  for a, b in zip(straight_run, state_leaves(tiny_demo_config(data_dir, **SHARED_RUN), workdir)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_at_random_moments_loses_nothing(digits_config, straight_run, tmp_path):
+  flags = tiny_flags(digits_config.data_dir, **SHARED_RUN)
   workdir = tmp_path / "killed"
   rng = random.Random(0)
-  kills, hit_a_write = 0, False
+  kills, hit_a_write, left_unfinished, outputs = 0, False, False, []
   while True:
     run = Run(train_command(workdir, flags))
     if kills == 0:
       run.wait_for("Training resnet18")
       hit_a_write = kill_during_checkpoint_write(run, workdir / "checkpoints")
+      run.finish()
+      left_unfinished = any("tmp" in n for n in os.listdir(workdir / "checkpoints"))
       kills += 1
     elif kills < 4:
       run.wait_for("Training resnet18")
       time.sleep(rng.uniform(0.0, 1.5))
       run.proc.send_signal(signal.SIGKILL)
       kills += 1
-    if run.finish() == 0:
+    returncode = run.finish()
+    outputs.append(run.output)
+    if returncode == 0:
       break
-    assert run.proc.returncode == -signal.SIGKILL, run.output[-3000:]
+    assert returncode == -signal.SIGKILL, run.output[-3000:]
   assert hit_a_write and kills >= 3
-  config = tiny_demo_config(digits_config.data_dir, **overrides)
-  for a, b in zip(state_leaves(config, tmp_path / "straight"), state_leaves(config, workdir)):
-    np.testing.assert_array_equal(a, b)
+  # The next run removed the unfinished checkpoint directory the kill left.
+  assert not any("tmp" in n for n in os.listdir(workdir / "checkpoints"))
+  if left_unfinished:
+    assert "an unfinished checkpoint of an interrupted run" in outputs[1]
+  assert_same_as_straight_run(straight_run, digits_config.data_dir, workdir)
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits_zero(digits_config, tmp_path):
@@ -162,6 +186,139 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(digits_config,
 
 
 # ---------------------------------------------------------------------------------------------
+# One run per workdir; a full disk.
+
+
+def error_lines(run):
+  assert not any("Traceback" in line for line in run.lines), run.output[-3000:]
+  return [line for line in run.lines if line.startswith("error: ")]
+
+
+def test_a_second_run_on_a_held_workdir_is_refused_and_the_first_is_unaffected(
+    digits_config, straight_run, tmp_path):
+  stale_pid = dead_pid()
+  write_lock(str(tmp_path), pid=stale_pid, process_start=None)  # the first run takes it over
+  flags = tiny_flags(digits_config.data_dir, **SHARED_RUN)
+  first = Run(train_command(tmp_path, flags))
+  first.wait_for("Training resnet18")
+  second = Run(train_command(tmp_path, flags))
+  assert second.finish() != 0
+  errors = error_lines(second)
+  assert len(errors) == 1, second.output[-3000:]
+  assert f"is in use by another training run: pid {first.proc.pid} on host" in errors[0]
+  assert first.proc.poll() is None  # the refusal touched nothing of the first run
+  assert first.finish() == 0, first.output[-3000:]
+  assert f"Taking over the lock {tmp_path / 'train.lock'} of pid {stale_pid}" in first.output
+  assert not os.path.exists(tmp_path / "train.lock")
+  assert len([n for n in os.listdir(tmp_path) if n.startswith("events.out")]) == 1
+  assert_same_as_straight_run(straight_run, digits_config.data_dir, tmp_path)
+
+
+class SmallDisk:
+  """A tmpfs of a few MiB at `path` (root only), resizable in bytes and inodes."""
+
+  def __init__(self, path):
+    self.path = str(path)
+    os.makedirs(self.path)
+    self._mount("size=8m")
+
+  def _mount(self, options, remount=False):
+    command = ["mount", "-o", f"remount,{options}", self.path] if remount else [
+        "mount", "-t", "tmpfs", "-o", options, "tmpfs", self.path]
+    subprocess.run(command, check=True, capture_output=True)
+
+  def limit_inodes(self, count):
+    self._mount(f"nr_inodes={count}", remount=True)
+
+  def inodes_used(self):
+    stats = os.statvfs(self.path)
+    return stats.f_files - stats.f_ffree
+
+  def fill(self, leave_bytes):
+    """A ballast file that leaves about `leave_bytes` free."""
+    free = shutil.disk_usage(self.path).free
+    with open(os.path.join(self.path, "ballast"), "wb") as f:
+      f.truncate(0)
+      os.posix_fallocate(f.fileno(), 0, free - leave_bytes)
+
+  def unfill(self):
+    os.remove(os.path.join(self.path, "ballast"))
+
+  def unmount(self):
+    subprocess.run(["umount", self.path], check=False, capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  if os.geteuid() != 0:
+    pytest.skip("mounting a small tmpfs needs root")
+  try:
+    disk = SmallDisk(tmp_path / "small_disk")
+  except (subprocess.CalledProcessError, FileNotFoundError) as error:
+    pytest.skip(f"cannot mount a tmpfs here: {error}")
+  yield disk
+  disk.unmount()
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_resume_is_exact(
+    digits_config, straight_run, small_disk):
+  workdir = os.path.join(small_disk.path, "run")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  command = lambda steps: train_command(workdir, tiny_flags(
+      digits_config.data_dir, **{**SHARED_RUN, "num_train_steps": steps}))
+  first = Run(command(8))
+  assert first.finish() == 0, first.output[-3000:]
+
+  # Less room than the state needs: the save is refused before anything is written.
+  small_disk.fill(leave_bytes=600 * 1024)
+  refused = Run(command(40))
+  assert refused.finish() == 1
+  errors = error_lines(refused)
+  assert len(errors) == 1, refused.output[-3000:]
+  assert (f"error: cannot write checkpoint 12 to {checkpoints} (not enough free space): "
+          in errors[0]) and "KiB free there, about 1.5 MiB needed" in errors[0]
+  assert sorted(os.listdir(checkpoints)) == ["4", "8"]
+  small_disk.unfill()
+
+  # Bytes to spare but (almost) no inodes: the write itself fails with ENOSPC, mid-checkpoint.
+  small_disk.limit_inodes(small_disk.inodes_used() + 8)
+  failed = Run(command(40))
+  assert failed.finish() == 1
+  errors = error_lines(failed)
+  assert len(errors) == 1, failed.output[-3000:]
+  assert f"cannot write checkpoint 12 to {checkpoints} (No space left on device)" in errors[0]
+  assert sorted(os.listdir(checkpoints)) == ["4", "8"]  # no temporary directory left behind
+
+  small_disk.limit_inodes(100_000)
+  resumed = Run(command(40))
+  assert resumed.finish() == 0, resumed.output[-3000:]
+  assert f"Resumed from {checkpoints}/8" in resumed.output
+  assert_same_as_straight_run(straight_run, digits_config.data_dir, workdir)
+
+
+def test_an_export_that_cannot_be_written_leaves_nothing_behind(tiny_demo_run, tmp_path):
+  """A real write error without root: a file-size limit (RLIMIT_FSIZE, EFBIG) below the size of
+  the exported arrays."""
+  abandoned = tmp_path / f".digits.tmp-{dead_pid()}@{socket.gethostname()}.abc"
+  abandoned.mkdir()  # an earlier export killed mid-write
+
+  limited = ("import resource, runpy, sys; "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024)); "
+             "sys.argv[0] = 'lct_flax/export.py'; "
+             "runpy.run_module('lct_flax.export', run_name='__main__', alter_sys=True)")
+  proc = subprocess.run(  # Python ignores SIGXFSZ, so the write fails with EFBIG
+      [sys.executable, "-c", limited, f"--workdir={tiny_demo_run.workdir}",
+       f"--output={tmp_path / 'digits'}"], cwd=REPO, env=clean_env(), text=True,
+      capture_output=True, timeout=300)
+  lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()
+           and not l.startswith(("I1", "W1"))]
+  assert proc.returncode == 1 and len(lines) == 1, lines
+  assert lines[0].startswith(f"error: cannot write export digits to {tmp_path} (File too large)")
+  assert "Nothing was exported" in lines[0] and "needed" in lines[0]
+  assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad input: each refused with one line naming the problem, a non-zero exit, no traceback.
 
 
@@ -177,9 +334,9 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
   evaluate = [sys.executable, "-m", "lct_flax.evaluate"]
   cases = {
       "unknown model": (train_command(base / "a", tiny_flags(data, model__name="resnet20")),
-                        "unknown model 'resnet20'", None),
-      "unknown attention": (train_command(base / "b", tiny_flags(
-          data, model__attention="cbam")), "unknown attention 'cbam'", None),
+                        "config.model.name='resnet20' is not allowed: it must be one of", None),
+      "unknown attention": (train_command(base / "b", tiny_flags(data, model__attention="cbam")),
+                            "config.model.attention='cbam' is not allowed", None),
       "unknown dataset": (train_command(base / "c", tiny_flags(
           data, dataset__name="nosuchdataset")), "unknown dataset 'nosuchdataset'", None),
       "unknown config key": (train_command(base / "d", tiny_flags(data, foo=1)),
@@ -202,6 +359,10 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
       "damaged export": (evaluate + [f"--export={damaged}"], "variables.npz", None),
       "workdir not writable": (train_command("/etc/passwd/run", tiny_flags(data)),
                                "workdir /etc/passwd/run is not writable", None),
+      "missing config file": (train_command(base / "j", [], config="configs/nope.py"),
+                              "config file 'configs/nope.py' does not exist", None),
+      "bad config argument": (train_command(base / "k", [], config="configs/lct_resnet50.py:g"),
+                              "config argument 'g' is not KEY=VALUE", None),
   }
   procs = {name: subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -210,9 +371,8 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
   results = {}
   for name, proc in procs.items():
     out, err = proc.communicate(timeout=600)
-    lines = [l for l in (out + err).splitlines() if l.strip() and not any(n in l for n in NOISE)
-             and not l.startswith(("I1", "W1", "WARNING: All log"))]
-    results[name] = (proc.returncode, lines, cases[name][1])
+    lines = [l for l in (out + err).splitlines() if l.strip() and not l.startswith(("I1", "W1"))]
+    results[name] = (proc.returncode, lines, cases[name][1], out + err)
   return results
 
 
@@ -220,9 +380,9 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
     "unknown model", "unknown attention", "unknown dataset", "unknown config key",
     "groups do not divide", "one channel per group", "batch not divisible",
     "missing imagenet tars", "empty split", "missing export", "damaged export",
-    "workdir not writable"])
+    "workdir not writable", "missing config file", "bad config argument"])
 def test_bad_input_is_refused_with_one_clear_line(refusals, case):
-  code, lines, expected = refusals[case]
+  code, lines, expected, _ = refusals[case]
   assert code != 0
   assert not any("Traceback" in line for line in lines), "\n".join(lines)
   errors = [line for line in lines if line.startswith("error: ")]
@@ -230,6 +390,12 @@ def test_bad_input_is_refused_with_one_clear_line(refusals, case):
   assert expected in errors[0]
   if case == "missing imagenet tars":
     assert "ILSVRC2012_img_val.tar" in errors[0] and "empty" in errors[0]
+
+
+def test_no_tensorflow_banners_on_the_console(refusals):
+  # "unknown dataset", "empty split" and "missing imagenet tars" import TensorFlow.
+  for name, (_, _, _, output) in refusals.items():
+    assert not any(banner in output for banner in BANNERS), (name, output[-2000:])
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(digits_config, tmp_path):

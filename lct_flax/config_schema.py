@@ -1,0 +1,404 @@
+"""The type and allowed range of every training config key, checked in one place.
+
+`validate(config)` runs before anything heavy (no JAX, TensorFlow or dataset is touched) and
+refuses a config with one line that names the key, the value and what is allowed:
+
+    config.batch_size=0 is not allowed: it must be an integer >= 1.
+
+The rules are data: `RULES` maps each dotted key to a rule (`Integer`, `Real`, `Flag`, `Name`,
+`OneOf`, `Numbers`, `Names`, `Text`), `ATTENTION_OPTIONS` gives the options of each attention
+block (`model.attention_kwargs`), and `CROSS_CHECKS` relate keys to each other (decay epochs inside
+the run, resize not below the crop, ...). A new config key needs a rule here: a key without one is
+refused as unknown, with the nearest known key suggested, so typos in config files are caught too.
+Keys marked `required=False` may be absent (the code has a default, or the key is newer than some
+workdirs' config.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import numbers
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+ATTENTION_KWARGS = "model.attention_kwargs"
+
+
+class ConfigError(ValueError):
+  """A config key is missing, unknown, of the wrong type or out of range."""
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def _bound(value: Any) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Integer:
+  """An int in [minimum, maximum] (either end may be open-ended), or one of `also`."""
+  minimum: Optional[int] = None
+  maximum: Optional[int] = None
+  also: tuple[Optional[int], ...] = ()  # special values outside the range (-1: "from epochs")
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    if value is None or _is_int(value):
+      if value in self.also:
+        return True
+    if not _is_int(value):
+      return False
+    return ((self.minimum is None or value >= self.minimum) and
+            (self.maximum is None or value <= self.maximum))
+
+  def describe(self) -> str:
+    if self.minimum is not None and self.maximum is not None:
+      text = f"an integer in [{self.minimum}, {self.maximum}]"
+    elif self.minimum is not None:
+      text = f"an integer >= {self.minimum}"
+    elif self.maximum is not None:
+      text = f"an integer <= {self.maximum}"
+    else:
+      text = "an integer"
+    return " or ".join([str(v) for v in self.also] + [text])
+
+
+@dataclasses.dataclass(frozen=True)
+class Real:
+  """A finite number (int or float) between the bounds; `open_low`/`open_high` exclude them."""
+  minimum: Optional[float] = None
+  maximum: Optional[float] = None
+  open_low: bool = False
+  open_high: bool = False
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    if not _is_real(value):
+      return False
+    if self.minimum is not None and (value < self.minimum or
+                                     (self.open_low and value == self.minimum)):
+      return False
+    return self.maximum is None or not (value > self.maximum or
+                                        (self.open_high and value == self.maximum))
+
+  def condition(self) -> str:
+    """"in [0, 1)", "> 0", ... or "" (any finite number)."""
+    if self.minimum is not None and self.maximum is not None:
+      return (f"in {'(' if self.open_low else '['}{_bound(self.minimum)}, "
+              f"{_bound(self.maximum)}{')' if self.open_high else ']'}")
+    if self.minimum is not None:
+      return f"{'>' if self.open_low else '>='} {_bound(self.minimum)}"
+    if self.maximum is not None:
+      return f"{'<' if self.open_high else '<='} {_bound(self.maximum)}"
+    return ""
+
+  def describe(self) -> str:
+    return f"a finite number {self.condition()}".rstrip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    return isinstance(value, bool)
+
+  def describe(self) -> str:
+    return "True or False"
+
+
+@dataclasses.dataclass(frozen=True)
+class Name:
+  """A non-empty string without surrounding spaces (a dataset, split or directory name)."""
+  optional: bool = False  # None allowed (e.g. data_dir: tfds' default)
+  noun: str = "name"
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    if value is None:
+      return self.optional
+    return isinstance(value, str) and bool(value) and value == value.strip()
+
+  def describe(self) -> str:
+    return ("None or " if self.optional else "") + f"a non-empty {self.noun}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+  choices: tuple[str, ...]
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    return isinstance(value, str) and value in self.choices
+
+  def describe(self) -> str:
+    return "one of " + ", ".join(repr(c) for c in self.choices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Numbers:
+  """A tuple (or JSON list) of numbers, each allowed by `element`; `length` None: any length."""
+  element: Real
+  length: Optional[int] = None
+  ascending: bool = False  # strictly
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    if not isinstance(value, (tuple, list)):
+      return False
+    if self.length is not None and len(value) != self.length:
+      return False
+    if not all(self.element.allows(v) for v in value):
+      return False
+    return not self.ascending or all(a < b for a, b in zip(value, value[1:]))
+
+  def describe(self) -> str:
+    count = f"{self.length} finite numbers" if self.length else "a tuple of finite numbers"
+    each = f", each {self.element.condition()}" if self.element.condition() else ""
+    return count + each + (", strictly ascending" if self.ascending else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Names:
+  """A tuple (or JSON list) of non-empty strings; may be empty."""
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and all(Name().allows(v) for v in value)
+
+  def describe(self) -> str:
+    return "a tuple of non-empty strings"
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+  """Any string, "" included (e.g. init_from: "" for none; whether the file exists is checked
+  where it is read, as a resumed run does not read it)."""
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    return isinstance(value, str)
+
+  def describe(self) -> str:
+    return "a string ('' for none)"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+  """`model.attention_kwargs`: a section checked against ATTENTION_OPTIONS[model.attention]."""
+  required: bool = True
+
+  def describe(self) -> str:
+    return "a section of attention options"
+
+
+RULES: dict[str, Any] = {
+    "model.name": OneOf(("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
+    "model.attention": OneOf(("none", "se", "se_norm", "lct")),
+    ATTENTION_KWARGS: AttentionOptions(),
+    "model.width": Real(minimum=1 / 64),  # 64 * width stem channels, at least 1
+    "model.small_stem": Flag(),
+    "model.zero_init_last_bn": Flag(),
+    "dataset.name": Name(),
+    "dataset.data_dir": Name(optional=True, noun="path", required=False),
+    "dataset.manual_dir": Name(optional=True, noun="path", required=False),
+    "dataset.train_split": Name(required=False),
+    "dataset.eval_split": Name(required=False),
+    "dataset.image_size": Integer(minimum=1),
+    "dataset.resize_size": Integer(minimum=1, also=(None,), required=False),
+    "dataset.crop_area_range": Numbers(Real(0, 1, open_low=True), length=2, required=False),
+    "dataset.aspect_ratio_range": Numbers(Real(0, open_low=True), length=2, required=False),
+    "dataset.random_flip": Flag(required=False),
+    "dataset.shuffle_buffer": Integer(minimum=1, required=False),
+    "dataset.cache": Flag(required=False),
+    "dataset.mean": Numbers(Real(), length=3, required=False),
+    "dataset.std": Numbers(Real(0, open_low=True), length=3, required=False),
+    "batch_size": Integer(minimum=1),
+    "num_epochs": Integer(minimum=0),  # >= 1 unless num_train_steps > 0 (CROSS_CHECKS)
+    "num_train_steps": Integer(minimum=1, also=(-1,)),
+    "seed": Integer(minimum=0, maximum=2**31 - 1),
+    "learning_rate": Real(minimum=0),
+    "momentum": Real(0, 1, open_high=True),
+    "nesterov": Flag(),
+    "weight_decay": Real(minimum=0),
+    "schedule": OneOf(("step", "cosine")),
+    "lr_decay_epochs": Numbers(Real(0, open_low=True), ascending=True),
+    "lr_decay_factor": Real(0, 1, open_low=True),
+    "warmup_epochs": Real(minimum=0),
+    "label_smoothing": Real(0, 1, open_high=True),
+    "half_precision": Flag(),
+    "bn_group_size": Integer(minimum=0),  # 0: the global batch
+    "checkpoint_every_steps": Integer(minimum=1),
+    "keep_checkpoints": Integer(minimum=1, required=False),
+    "log_every_steps": Integer(minimum=1),
+    "eval_every_epochs": Integer(minimum=0),  # 0: only at the end
+    "profile_start_step": Integer(minimum=-1),  # -1: no trace
+    "profile_num_steps": Integer(minimum=1),
+    # Fine-tuning (issue 12).
+    "init_from": Text(required=False),
+    "init_skip": Names(required=False),
+    "frozen_stages": Integer(minimum=-1, maximum=4, required=False),
+    "frozen_bn": Flag(required=False),
+}
+
+# The options of each attention block (lct_flax.attention's dataclass fields); all optional.
+_SE_OPTIONS = {"reduction": Integer(minimum=1), "use_norm": Flag(), "groups": Integer(minimum=1),
+               "epsilon": Real(0, open_low=True)}
+ATTENTION_OPTIONS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "lct": {"groups": Integer(minimum=1), "epsilon": Real(0, open_low=True), "w_init": Real(),
+            "b_init": Real(), "use_norm": Flag(), "use_transform": Flag()},
+    "se": _SE_OPTIONS,
+    "se_norm": _SE_OPTIONS,
+}
+
+
+Problem = tuple[str, str]  # (key, message)
+
+
+def _problem(key: str, value: Any, allowed: str) -> Problem:
+  return key, f"config.{key}={value!r} is not allowed: it must be {allowed}."
+
+
+def _epochs_or_steps(c: Mapping[str, Any]) -> Optional[Problem]:
+  if c.get("num_train_steps") == -1 and c.get("num_epochs") == 0:
+    return _problem("num_epochs", 0, "an integer >= 1 (or set num_train_steps > 0)")
+  return None
+
+
+def _run_epochs(c: Mapping[str, Any]) -> Optional[int]:
+  """The run's length in epochs when the config gives it (not when it counts steps)."""
+  return c.get("num_epochs") if c.get("num_train_steps") == -1 else None
+
+
+def _decay_inside_run(c: Mapping[str, Any]) -> Optional[Problem]:
+  epochs, decays = _run_epochs(c), c.get("lr_decay_epochs")
+  if c.get("schedule") == "step" and epochs and decays and decays[-1] >= epochs:
+    return _problem("lr_decay_epochs", decays,
+                    f"ascending epochs inside the run, each < num_epochs={epochs}")
+  return None
+
+
+def _warmup_inside_run(c: Mapping[str, Any]) -> Optional[Problem]:
+  warmup, epochs, decays = c.get("warmup_epochs"), _run_epochs(c), c.get("lr_decay_epochs")
+  if not warmup:
+    return None
+  if epochs and warmup >= epochs:
+    return _problem("warmup_epochs", warmup, f"a number in [0, num_epochs={epochs})")
+  if c.get("schedule") == "step" and decays and warmup > decays[0]:
+    return _problem("warmup_epochs", warmup,
+                    f"a number in [0, {_bound(decays[0])}] (the first lr_decay_epochs)")
+  return None
+
+
+def _resize_not_below_crop(c: Mapping[str, Any]) -> Optional[Problem]:
+  resize, size = c.get("dataset.resize_size"), c.get("dataset.image_size")
+  if resize is not None and size is not None and resize < size:
+    return _problem("dataset.resize_size", resize,
+                    f"None or an integer >= dataset.image_size={size}")
+  return None
+
+
+def _bn_groups_divide_batch(c: Mapping[str, Any]) -> Optional[Problem]:
+  group, batch = c.get("bn_group_size"), c.get("batch_size")
+  if group and batch and batch % group:
+    return _problem("bn_group_size", group, f"0 or a divisor of batch_size={batch}")
+  return None
+
+
+CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], Optional[Problem]], ...] = (
+    _epochs_or_steps, _decay_inside_run, _warmup_inside_run, _resize_not_below_crop,
+    _bn_groups_divide_batch)
+
+
+def _as_dict(config: Any) -> Mapping[str, Any]:
+  return config.to_dict() if hasattr(config, "to_dict") else config
+
+
+def _sections() -> set[str]:
+  """Every dotted prefix of a key in RULES ("model", "dataset", "a" and "a.b" of "a.b.c")."""
+  return {key.rsplit(".", depth)[0] for key in RULES for depth in range(1, key.count(".") + 1)}
+
+
+def _leaves(node: Mapping[str, Any], sections: set[str],
+            prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """(dotted key, value), descending into the known sections only."""
+  for key, value in node.items():
+    path = f"{prefix}{key}"
+    if path in sections and isinstance(value, Mapping):
+      yield from _leaves(value, sections, f"{path}.")
+    else:
+      yield path, value
+
+
+def _attention_option_problems(attention: str, options: Any) -> Iterator[Problem]:
+  if not isinstance(options, Mapping):
+    yield _problem(ATTENTION_KWARGS, options, RULES[ATTENTION_KWARGS].describe())
+    return
+  rules = ATTENTION_OPTIONS[attention]
+  for name, value in options.items():
+    key = f"{ATTENTION_KWARGS}.{name}"
+    if name not in rules:
+      known = ", ".join(sorted(rules)) or "none"
+      yield key, f"config.{key}: attention {attention!r} has no option {name!r} ({known})."
+    elif not rules[name].allows(value):
+      yield _problem(key, value, rules[name].describe())
+
+
+def _unknown_key(key: str) -> Problem:
+  close = difflib.get_close_matches(key, list(RULES), n=1)
+  hint = f"; did you mean {close[0]}?" if close else " (see lct_flax/config_schema.py)."
+  return key, f"config.{key} is not a config key{hint}"
+
+
+def problems(config: Any) -> list[Problem]:
+  """Every problem of `config` (a ConfigDict or its JSON dict), as (key, one-line message)."""
+  sections = _sections()
+  flat = dict(_leaves(_as_dict(config), sections))
+  found = [(key, f"config has no {key!r}; every training config needs it (see configs/base.py).")
+           for key, rule in RULES.items() if rule.required and key not in flat]
+  valid = {}
+  for key, value in flat.items():
+    if key in sections:
+      found.append(_problem(key, value, "a section (a ConfigDict)"))
+    elif key not in RULES:
+      found.append(_unknown_key(key))
+    elif key == ATTENTION_KWARGS:
+      attention = flat.get("model.attention")
+      if attention in ATTENTION_OPTIONS:
+        found.extend(_attention_option_problems(attention, value))
+    elif RULES[key].allows(value):
+      valid[key] = value
+    else:
+      found.append(_problem(key, value, RULES[key].describe()))
+  found.extend(p for check in CROSS_CHECKS if (p := check(valid)) is not None)
+  return found
+
+
+def validate(config: Any) -> None:
+  """Raises ConfigError naming the first problem (and how many more there are)."""
+  found = problems(config)
+  if len(found) == 1:
+    raise ConfigError(found[0][1])
+  if found:
+    others = ", ".join(key for key, _ in found[1:])
+    raise ConfigError(f"{found[0][1].rstrip('.')} (and {len(found) - 1} more: {others}).")
+
+
+def describe(key: str) -> Optional[str]:
+  """What `key` allows (for messages about values that could not even be parsed)."""
+  if key in RULES:
+    return RULES[key].describe()
+  prefix, _, option = key.rpartition(".")
+  for rules in ATTENTION_OPTIONS.values():
+    if prefix == ATTENTION_KWARGS and option in rules:
+      return rules[option].describe()
+  return None

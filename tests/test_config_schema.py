@@ -1,0 +1,195 @@
+"""Config validation: every key of every config in configs/ gets bad values (0, -1, NaN, the wrong
+type, an empty name) through train.py's own parsing path, and each is refused with one line
+naming the key, before JAX or TensorFlow are imported."""
+
+import dataclasses
+import glob
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+import train
+from lct_flax import cli
+from lct_flax import config_schema
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
+
+# Values of the bad-value sweep that a key legitimately takes (its documented special values, or
+# any name where a free-form name is expected): these must be accepted, all others refused.
+ALLOWED = {
+    "num_train_steps": {"-1"}, "seed": {"0"}, "learning_rate": {"0"}, "momentum": {"0"},
+    "weight_decay": {"0"}, "warmup_epochs": {"0"}, "label_smoothing": {"0"},
+    "bn_group_size": {"0"}, "eval_every_epochs": {"0"}, "profile_start_step": {"0", "-1"},
+    "lr_decay_epochs": {"()"},
+    "model.attention_kwargs.w_init": {"0", "-1"}, "model.attention_kwargs.b_init": {"0", "-1"},
+    **{f"dataset.{key}": {"0", "-1", "nan"}
+       for key in ("name", "train_split", "eval_split", "data_dir", "manual_dir")},
+}
+
+
+def leaves(config, prefix=""):
+  for key, value in config.items():
+    if hasattr(value, "items") and f"{prefix}{key}" != "model.attention_kwargs":
+      yield from leaves(value, f"{prefix}{key}.")
+    elif hasattr(value, "items"):
+      yield from ((f"{prefix}{key}.{k}", v) for k, v in value.items())
+    else:
+      yield f"{prefix}{key}", value
+
+
+def bad_values(value, key):
+  """The sweep for a key, by the type of its value in the config file."""
+  if isinstance(value, bool):
+    return ["abc", "nan", "-1"]
+  if isinstance(value, int) or key == "dataset.resize_size":
+    return ["0", "-1", "nan", "abc", "1.5"]
+  if isinstance(value, float):
+    return ["0", "-1", "nan", "inf", "abc"]
+  if isinstance(value, tuple):
+    return ["0", "-1", "nan", "abc", "()"]
+  return ["", "0", "-1", "nan"]  # names; None placeholders of names (data_dir, manual_dir)
+
+
+def refusal(argv):
+  """train.py's checks before any heavy import: the flags as train.py defines and parses them,
+  then the config schema. The one-line message, or None if the command line is accepted."""
+  flag_values = flags.FlagValues()
+  train.define_flags(flag_values, sys_argv=argv)
+  try:
+    cli.parse_flags(argv, flag_values)
+    config_schema.validate(flag_values.config)
+  except (cli.FlagError, config_schema.ConfigError) as error:
+    return str(error)
+  return None
+
+
+@pytest.mark.parametrize("config_file", CONFIGS)
+def test_every_key_refuses_bad_values_with_one_line_naming_it(config_file):
+  assert refusal(["train.py", f"--config={config_file}", "--workdir=w"]) is None
+  config = importlib.import_module(f"configs.{os.path.basename(config_file)[:-3]}").get_config()
+  checked = 0
+  for key, value in leaves(config):
+    for bad in bad_values(value, key):
+      message = refusal(["train.py", f"--config={config_file}", "--workdir=w",
+                         f"--config.{key}={bad}"])
+      if bad in ALLOWED.get(key, ()):
+        assert message is None, (key, bad, message)
+        continue
+      assert message is not None, f"--config.{key}={bad!r} was accepted"
+      assert f"config.{key}" in message and "\n" not in message, (key, bad, message)
+      checked += 1
+  assert checked > 100
+
+
+def test_schema_covers_every_key_and_matches_the_code():
+  from lct_flax import attention, models, trainer
+  keys = {key for f in CONFIGS for key, _ in leaves(
+      importlib.import_module(f"configs.{os.path.basename(f)[:-3]}").get_config())}
+  options = {key for key in keys if key.startswith("model.attention_kwargs.")}
+  assert keys - options <= set(config_schema.RULES)
+  assert set(config_schema.RULES["model.name"].choices) == set(models.STAGE_SIZES)
+  assert set(config_schema.RULES["model.attention"].choices) == set(attention.ATTENTION_BLOCKS)
+  for name, block in attention.ATTENTION_BLOCKS.items():
+    cls = getattr(block, "func", block)
+    fields = set() if cls is None else {f.name for f in dataclasses.fields(cls)} - {"parent",
+                                                                                    "name"}
+    assert set(config_schema.ATTENTION_OPTIONS[name]) == fields, name
+  # The keys DESIGN.md says every training config has are required; trainer.check_config uses it.
+  for key in ("batch_size", "num_epochs", "num_train_steps", "seed", "checkpoint_every_steps",
+              "model.name", "model.attention", "dataset.name"):
+    assert config_schema.RULES[key].required
+  config = importlib.import_module("configs.demo").get_config()
+  config.batch_size = -4
+  with pytest.raises(ValueError, match=r"config.batch_size=-4 is not allowed"):
+    trainer.check_config(config)
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"num_epochs": 0}, "config.num_epochs=0 is not allowed: it must be an integer >= 1 (or set "
+                        "num_train_steps > 0)"),
+    ({"lr_decay_epochs": (20, 40)}, "each < num_epochs=30"),
+    ({"lr_decay_epochs": (27, 20)}, "strictly ascending"),
+    ({"warmup_epochs": 25.0}, "config.warmup_epochs=25.0 is not allowed: it must be a number in "
+                              "[0, 20] (the first lr_decay_epochs)"),
+    ({"dataset.resize_size": 8}, "None or an integer >= dataset.image_size=16"),
+    ({"bn_group_size": 5}, "0 or a divisor of batch_size=64"),
+    ({"learning_rat": 0.1}, "config.learning_rat is not a config key; did you mean learning_rate?"),
+    ({"model.attention_kwargs.reduction": 4}, "attention 'lct' has no option 'reduction'"),
+])
+def test_cross_checks_and_unknown_keys(change, expected):
+  config = importlib.import_module("configs.demo").get_config().to_dict()
+  for key, value in change.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  with pytest.raises(config_schema.ConfigError) as error:
+    config_schema.validate(config)
+  assert expected in str(error.value)
+
+
+def test_a_config_read_back_from_json_passes_and_steps_lift_the_epoch_checks():
+  import json
+  config = json.loads(importlib.import_module("configs.demo").get_config().to_json())
+  config_schema.validate(config)  # tuples are lists in config.json
+  config.update(num_epochs=0, num_train_steps=40, lr_decay_epochs=[50, 60])
+  config_schema.validate(config)
+  config["batch_size"] = 1.0
+  assert "an integer >= 1" in config_schema.problems(config)[0][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# A sample through the real command line: one line, no traceback, and nothing heavy imported.
+
+COMMAND_LINE_SAMPLE = {
+    "batch_size=0": "config.batch_size=0",
+    "learning_rate=nan": "config.learning_rate=nan",
+    "model.width=0": "config.model.width=0.0",
+    "dataset.image_size=0": "config.dataset.image_size=0",
+    "num_epochs=0": "config.num_epochs=0",
+    "model.name=": "config.model.name=''",
+    "batch_size=abc": "config.batch_size='abc'",
+    "model.attention_kwargs.groups=-1": "config.model.attention_kwargs.groups=-1",
+    "lr_decay_epochs=(40,20)": "config.lr_decay_epochs=(40, 20)",
+}
+
+
+def test_command_line_refusals_import_neither_jax_nor_tensorflow():
+  procs = {case: subprocess.Popen(
+      [sys.executable, "-X", "importtime", "train.py", "--config=configs/demo.py",
+       "--workdir=unused", f"--config.{case}"], cwd=REPO, text=True, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE) for case in COMMAND_LINE_SAMPLE}
+  for case, proc in procs.items():
+    out, err = proc.communicate(timeout=120)
+    imported = {line.split("|")[-1].strip() for line in err.splitlines()
+                if line.startswith("import time:")}
+    lines = [line for line in (out + err).splitlines()
+             if line.strip() and not line.startswith("import time:")]
+    assert proc.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert COMMAND_LINE_SAMPLE[case] in lines[0]
+    assert not {m for m in imported if m.split(".")[0] in ("jax", "tensorflow", "flax")}, case
+
+
+def test_new_keys_and_nested_sections_are_one_rule_each(monkeypatch):
+  """How the detection settings will be added: a rule per dotted key, sections follow."""
+  monkeypatch.setitem(config_schema.RULES, "detection.rpn.nms_threshold",
+                      config_schema.Real(0, 1, open_low=True, required=False))
+  config = importlib.import_module("configs.demo").get_config().to_dict()
+  config["detection"] = {"rpn": {"nms_threshold": 0.7}}
+  config_schema.validate(config)
+  config["detection"]["rpn"]["nms_threshold"] = 0.0
+  with pytest.raises(config_schema.ConfigError,
+                     match=r"config.detection.rpn.nms_threshold=0.0 is not allowed: it must be a "
+                           r"finite number in \(0, 1\]"):
+    config_schema.validate(config)
+  config["detection"] = 3
+  with pytest.raises(config_schema.ConfigError, match=r"config.detection=3 is not allowed"):
+    config_schema.validate(config)
