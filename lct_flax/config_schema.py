@@ -6,7 +6,7 @@ refuses a config with one line that names the key, the value and what is allowed
     config.batch_size=0 is not allowed: it must be an integer >= 1.
 
 The rules are data: `RULES` maps each dotted key to a rule (`Integer`, `Real`, `Flag`, `Name`,
-`OneOf`, `Numbers`, `Names`, `Text`), `ATTENTION_OPTIONS` gives the options of each attention
+`OneOf`, `Numbers`, `Names`, `Text`, `Record`), `ATTENTION_OPTIONS` gives the options of each attention
 block (`model.attention_kwargs`), and `CROSS_CHECKS` relate keys to each other (decay epochs inside
 the run, resize not below the crop, ...). A new config key needs a rule here: a key without one is
 refused as unknown, with the nearest known key suggested, so typos in config files are caught too.
@@ -192,6 +192,18 @@ class Text:
 
 
 @dataclasses.dataclass(frozen=True)
+class Record:
+  """A mapping the run writes into config.json itself (provenance, not a setting)."""
+  required: bool = False
+
+  def allows(self, value: Any) -> bool:
+    return isinstance(value, Mapping)
+
+  def describe(self) -> str:
+    return "a record written by train.py (leave it out of configs)"
+
+
+@dataclasses.dataclass(frozen=True)
 class AttentionOptions:
   """`model.attention_kwargs`: a section checked against ATTENTION_OPTIONS[model.attention]."""
   required: bool = True
@@ -246,7 +258,9 @@ RULES: dict[str, Any] = {
     "init_from": Text(required=False),
     "init_skip": Names(required=False),
     "frozen_stages": Integer(minimum=-1, maximum=4, required=False),
+    "norm_eval": Flag(required=False),
     "frozen_bn": Flag(required=False),
+    "init_from_source": Record(),  # config.json's record of the init_from source and its sha256
 }
 
 # The options of each attention block (lct_flax.attention's dataclass fields); all optional.

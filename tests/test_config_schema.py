@@ -26,7 +26,8 @@ ALLOWED = {
     "num_train_steps": {"-1"}, "seed": {"0"}, "learning_rate": {"0"}, "momentum": {"0"},
     "weight_decay": {"0"}, "warmup_epochs": {"0"}, "label_smoothing": {"0"},
     "bn_group_size": {"0"}, "eval_every_epochs": {"0"}, "profile_start_step": {"0", "-1"},
-    "lr_decay_epochs": {"()"},
+    "lr_decay_epochs": {"()"}, "frozen_stages": {"0", "-1"}, "init_skip": {"()", "nan", "abc"},
+    "init_from": {"", "0", "-1", "nan"},
     "model.attention_kwargs.w_init": {"0", "-1"}, "model.attention_kwargs.b_init": {"0", "-1"},
     **{f"dataset.{key}": {"0", "-1", "nan"}
        for key in ("name", "train_split", "eval_split", "data_dir", "manual_dir")},
