@@ -1,5 +1,8 @@
 """Trains a model: `python train.py --config=configs/<experiment>.py --workdir=DIR`.
 
+Classification configs (configs/*.py) run `lct_flax.trainer`; detection configs
+(configs/detection/*.py, `task="detection"`) run `lct_flax.detection.task`, on the same loop.
+
 Running the same command again resumes from the newest checkpoint in DIR. One run at a time holds
 DIR (a lock file; `--force_unlock` takes over a lock left on another host by a run that is gone).
 Multi-process runs: `--distributed=auto` on SLURM or TPU pods (jax.distributed finds its
@@ -50,11 +53,14 @@ def main(argv):
   config_schema.validate(FLAGS.config)
   workdir_lock.check_writable(FLAGS.workdir)
   from lct_flax import parallel  # JAX, and TensorFlow with the trainer: only for a sound command
-  from lct_flax import trainer
   parallel.initialize_distributed(parallel.DistributedSettings(
       mode=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id))
-  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, force_unlock=FLAGS.force_unlock)
+  if FLAGS.config.get("task", "classification") == "detection":
+    from lct_flax.detection import task as train_task
+  else:
+    from lct_flax import trainer as train_task
+  train_task.train_and_evaluate(FLAGS.config, FLAGS.workdir, force_unlock=FLAGS.force_unlock)
 
 
 if __name__ == "__main__":

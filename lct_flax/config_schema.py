@@ -5,7 +5,7 @@ refuses a config with one line that names the key, the value and what is allowed
 
     config.batch_size=0 is not allowed: it must be an integer >= 1.
 
-The rules are data: `RULES` maps each dotted key to a rule (`Integer`, `Real`, `Flag`, `Name`,
+The rules are data: `TASK_RULES` maps each task's dotted keys to a rule (`Integer`, `Real`, `Flag`, `Name`,
 `OneOf`, `Numbers`, `Names`, `Text`, `Record`), `ATTENTION_OPTIONS` gives the options of each attention
 block (`model.attention_kwargs`), and `CROSS_CHECKS` relate keys to each other (decay epochs inside
 the run, resize not below the crop, ...). A new config key needs a rule here: a key without one is
@@ -179,6 +179,34 @@ class Names:
 
 
 @dataclasses.dataclass(frozen=True)
+class Integers:
+  """A tuple (or JSON list) of `length` integers >= `minimum` (e.g. an image scale)."""
+  length: int
+  minimum: int = 1
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) == self.length
+            and all(_is_int(v) and v >= self.minimum for v in value))
+
+  def describe(self) -> str:
+    return f"{self.length} integers >= {self.minimum}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+  """A non-empty tuple of (height, width) pairs of positive integers (detection canvases)."""
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    return (isinstance(value, (tuple, list)) and bool(value)
+            and all(Integers(2).allows(pair) for pair in value))
+
+  def describe(self) -> str:
+    return "a non-empty tuple of (height, width) pairs of positive integers"
+
+
+@dataclasses.dataclass(frozen=True)
 class Text:
   """Any string, "" included (e.g. init_from: "" for none; whether the file exists is checked
   where it is read, as a resumed run does not read it)."""
@@ -212,25 +240,19 @@ class AttentionOptions:
     return "a section of attention options"
 
 
-RULES: dict[str, Any] = {
+# Keys of every task.
+COMMON_RULES: dict[str, Any] = {
+    "task": OneOf(("classification", "detection"), required=False),  # absent: classification
     "model.name": OneOf(("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
     "model.attention": OneOf(("none", "se", "se_norm", "lct")),
     ATTENTION_KWARGS: AttentionOptions(),
     "model.width": Real(minimum=1 / 64),  # 64 * width stem channels, at least 1
-    "model.small_stem": Flag(),
-    "model.zero_init_last_bn": Flag(),
+    "model.zero_init_last_bn": Flag(required=False),
     "dataset.name": Name(),
     "dataset.data_dir": Name(optional=True, noun="path", required=False),
     "dataset.manual_dir": Name(optional=True, noun="path", required=False),
     "dataset.train_split": Name(required=False),
     "dataset.eval_split": Name(required=False),
-    "dataset.image_size": Integer(minimum=1),
-    "dataset.resize_size": Integer(minimum=1, also=(None,), required=False),
-    "dataset.crop_area_range": Numbers(Real(0, 1, open_low=True), length=2, required=False),
-    "dataset.aspect_ratio_range": Numbers(Real(0, open_low=True), length=2, required=False),
-    "dataset.random_flip": Flag(required=False),
-    "dataset.shuffle_buffer": Integer(minimum=1, required=False),
-    "dataset.cache": Flag(required=False),
     "dataset.mean": Numbers(Real(), length=3, required=False),
     "dataset.std": Numbers(Real(0, open_low=True), length=3, required=False),
     "batch_size": Integer(minimum=1),
@@ -245,9 +267,10 @@ RULES: dict[str, Any] = {
     "lr_decay_epochs": Numbers(Real(0, open_low=True), ascending=True),
     "lr_decay_factor": Real(0, 1, open_low=True),
     "warmup_epochs": Real(minimum=0),
-    "label_smoothing": Real(0, 1, open_high=True),
+    "warmup_steps": Integer(minimum=0, required=False),  # > 0: instead of warmup_epochs
+    "warmup_ratio": Real(0, 1, required=False),  # the warm-up's first lr, as a fraction
+    "grad_clip_norm": Real(minimum=0, required=False),  # 0: no clipping
     "half_precision": Flag(),
-    "bn_group_size": Integer(minimum=0),  # 0: the global batch
     "checkpoint_every_steps": Integer(minimum=1),
     "keep_checkpoints": Integer(minimum=1, required=False),
     "log_every_steps": Integer(minimum=1),
@@ -262,6 +285,43 @@ RULES: dict[str, Any] = {
     "frozen_bn": Flag(required=False),
     "init_from_source": Record(),  # config.json's record of the init_from source and its sha256
 }
+
+CLASSIFICATION_RULES: dict[str, Any] = {
+    "model.small_stem": Flag(),
+    "dataset.image_size": Integer(minimum=1),
+    "dataset.resize_size": Integer(minimum=1, also=(None,), required=False),
+    "dataset.crop_area_range": Numbers(Real(0, 1, open_low=True), length=2, required=False),
+    "dataset.aspect_ratio_range": Numbers(Real(0, open_low=True), length=2, required=False),
+    "dataset.random_flip": Flag(required=False),
+    "dataset.shuffle_buffer": Integer(minimum=1, required=False),
+    "dataset.cache": Flag(required=False),
+    "label_smoothing": Real(0, 1, open_high=True),
+    "bn_group_size": Integer(minimum=0),  # 0: the global batch
+}
+
+DETECTION_RULES: dict[str, Any] = {
+    "model.detector": OneOf(("faster_rcnn", "cascade_rcnn")),
+    "model.convention": OneOf(("mmdet_v1", "torchvision")),
+    "model.fpn_channels": Integer(minimum=1, required=False),
+    "model.fc_hidden": Integer(minimum=1, required=False),
+    "model.rpn_proposals_train": Integer(minimum=1, required=False),
+    "model.rpn_proposals_test": Integer(minimum=1, required=False),
+    "model.rcnn_samples": Integer(minimum=1, required=False),
+    "model.max_candidates": Integer(minimum=1, required=False),
+    "dataset.img_scale": Integers(2, minimum=1),
+    "dataset.canvases": Shapes(),
+    "dataset.size_divisor": Integer(minimum=1, required=False),
+    "dataset.flip_ratio": Real(0, 1, required=False),
+    "dataset.max_instances": Integer(minimum=1, required=False),
+    "dataset.min_image_size": Integer(minimum=0, required=False),
+    "dataset.box_convention": OneOf(("mmdet_v1", "torchvision"), required=False),
+}
+
+TASK_RULES = {"classification": {**COMMON_RULES, **CLASSIFICATION_RULES},
+              "detection": {**COMMON_RULES, **DETECTION_RULES}}
+# The classification rules (every config before the detection task had these).
+RULES = TASK_RULES["classification"]
+
 
 # The options of each attention block (lct_flax.attention's dataclass fields); all optional.
 _SE_OPTIONS = {"reduction": Integer(minimum=1), "use_norm": Flag(), "groups": Integer(minimum=1),
@@ -337,9 +397,9 @@ def _as_dict(config: Any) -> Mapping[str, Any]:
   return config.to_dict() if hasattr(config, "to_dict") else config
 
 
-def _sections() -> set[str]:
-  """Every dotted prefix of a key in RULES ("model", "dataset", "a" and "a.b" of "a.b.c")."""
-  return {key.rsplit(".", depth)[0] for key in RULES for depth in range(1, key.count(".") + 1)}
+def _sections(rules: Mapping[str, Any]) -> set[str]:
+  """Every dotted prefix of a key in `rules` ("model", "dataset", "a" and "a.b" of "a.b.c")."""
+  return {key.rsplit(".", depth)[0] for key in rules for depth in range(1, key.count(".") + 1)}
 
 
 def _leaves(node: Mapping[str, Any], sections: set[str],
@@ -367,32 +427,38 @@ def _attention_option_problems(attention: str, options: Any) -> Iterator[Problem
       yield _problem(key, value, rules[name].describe())
 
 
-def _unknown_key(key: str) -> Problem:
-  close = difflib.get_close_matches(key, list(RULES), n=1)
+def _unknown_key(key: str, rules: Mapping[str, Any]) -> Problem:
+  close = difflib.get_close_matches(key, list(rules), n=1)
   hint = f"; did you mean {close[0]}?" if close else " (see lct_flax/config_schema.py)."
   return key, f"config.{key} is not a config key{hint}"
 
 
 def problems(config: Any) -> list[Problem]:
-  """Every problem of `config` (a ConfigDict or its JSON dict), as (key, one-line message)."""
-  sections = _sections()
-  flat = dict(_leaves(_as_dict(config), sections))
-  found = [(key, f"config has no {key!r}; every training config needs it (see configs/base.py).")
-           for key, rule in RULES.items() if rule.required and key not in flat]
+  """Every problem of `config` (a ConfigDict or its JSON dict), as (key, one-line message).
+  The rules are those of the config's `task` (TASK_RULES; classification when absent)."""
+  config = _as_dict(config)
+  task = config.get("task", "classification")
+  if task not in TASK_RULES:  # the other keys' rules depend on it
+    return [_problem("task", task, COMMON_RULES["task"].describe())]
+  rules = TASK_RULES[task]
+  sections = _sections(rules)
+  flat = dict(_leaves(config, sections))
+  found = [(key, f"config has no {key!r}; every {task} config needs it (see configs/).")
+           for key, rule in rules.items() if rule.required and key not in flat]
   valid = {}
   for key, value in flat.items():
     if key in sections:
       found.append(_problem(key, value, "a section (a ConfigDict)"))
-    elif key not in RULES:
-      found.append(_unknown_key(key))
+    elif key not in rules:
+      found.append(_unknown_key(key, rules))
     elif key == ATTENTION_KWARGS:
       attention = flat.get("model.attention")
       if attention in ATTENTION_OPTIONS:
         found.extend(_attention_option_problems(attention, value))
-    elif RULES[key].allows(value):
+    elif rules[key].allows(value):
       valid[key] = value
     else:
-      found.append(_problem(key, value, RULES[key].describe()))
+      found.append(_problem(key, value, rules[key].describe()))
   found.extend(p for check in CROSS_CHECKS if (p := check(valid)) is not None)
   return found
 
@@ -409,8 +475,9 @@ def validate(config: Any) -> None:
 
 def describe(key: str) -> Optional[str]:
   """What `key` allows (for messages about values that could not even be parsed)."""
-  if key in RULES:
-    return RULES[key].describe()
+  for rules in TASK_RULES.values():
+    if key in rules:
+      return rules[key].describe()
   prefix, _, option = key.rpartition(".")
   for rules in ATTENTION_OPTIONS.values():
     if prefix == ATTENTION_KWARGS and option in rules:

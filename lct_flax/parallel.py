@@ -76,3 +76,13 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
     suggestion = n * max(1, global_batch_size // n)
     raise ValueError(f"batch_size {global_batch_size} is not divisible by the {n} devices; "
                      f"use a multiple of {n} (e.g. --config.batch_size={suggestion}).")
+
+
+def host_local(tree: Any, mesh: Mesh) -> Any:
+  """This process's rows (NumPy) of global arrays sharded along "data" over `mesh`: the inverse
+  of assembling a global batch from each process's host-local batch."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  local = multihost_utils.global_array_to_host_local_array(tree, mesh, PartitionSpec(DATA_AXIS))
+  return jax.tree.map(np.asarray, local)

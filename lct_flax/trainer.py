@@ -1,10 +1,10 @@
-"""Data-parallel training: TrainState, pure train/eval steps, optimizer and schedule, the loop.
+"""Classification: pure train/eval steps, optimizer and schedule, and the task for the loop.
 
 The steps are pure functions compiled with `jax.jit` over a device mesh with one "data" axis: the
 batch is sharded along it and the state replicated, so BatchNorm statistics (computed over the
 batch axis) are those of the global batch, as with synchronised BatchNorm across GPUs.
-`train_and_evaluate(config, workdir)` is the whole run; it resumes from the newest checkpoint in
-`workdir` and is importable from a notebook.
+`train_and_evaluate(config, workdir)` is the whole run (`lct_flax.loop` with the classification
+task); it resumes from the newest checkpoint in `workdir` and is importable from a notebook.
 """
 
 from __future__ import annotations
@@ -13,54 +13,21 @@ import dataclasses
 import functools
 import json
 import os
-import time
 from typing import Any, Callable, Iterator, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from absl import logging
-from flax import traverse_util
 
 from lct_flax import checkpointing
 from lct_flax import config_schema
-from lct_flax import fileio
 from lct_flax import freezing
+from lct_flax import loop
 from lct_flax import models
 from lct_flax import parallel
-from lct_flax import preemption
-from lct_flax import pretrained
-from lct_flax import profiling
-from lct_flax import workdir_lock
+from lct_flax.loop import TrainState, TrainingError, checkpointer_for  # noqa: F401  (re-exported)
 
-# Config entries that fix the shapes of the saved state: a workdir's checkpoints only fit a config
-# that agrees on them.
-MODEL_IDENTITY_KEYS = ("model.name", "model.attention", "model.attention_kwargs", "model.width",
-                       "model.small_stem", "num_classes", "frozen_stages", "frozen_bn")
-# Values of identity keys that a workdir written before the key existed implies.
-_IDENTITY_DEFAULTS = {"frozen_stages": -1, "frozen_bn": False}
-
-
-class TrainingError(RuntimeError):
-  """Training cannot go on (non-finite loss, incompatible workdir, bad config)."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a run needs to continue exactly: the step, the model's variables, the optimizer
-  state and the base RNG key (raw uint32 key data; each step folds in its step number)."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  rng: jax.Array
-
-  @property
-  def variables(self) -> dict:
-    return {"params": self.params, "batch_stats": self.batch_stats}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,9 +57,14 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
                                   steps_per_epoch: int) -> optax.Schedule:
   """Per-step learning rate: linear warm-up, then the step schedule (lr x `lr_decay_factor` at each
   of `lr_decay_epochs`, as PyTorch's StepLR/MultiStepLR stepped once per epoch) or cosine decay to
-  0 at the end of training."""
+  0 at the end of training.
+
+  The warm-up lasts `warmup_steps` (when > 0) or `warmup_epochs` and rises linearly from
+  `warmup_ratio` x lr (default 0) to lr: mmcv's linear warm-up (mmdetection: 500 steps from 1/3).
+  """
   total_steps = _total_steps(config, steps_per_epoch)
-  warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+  warmup_steps = (config.get("warmup_steps", 0)
+                  or int(round(config.warmup_epochs * steps_per_epoch)))
   if config.schedule == "step":
     main = optax.piecewise_constant_schedule(
         config.learning_rate,
@@ -104,15 +76,19 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
     raise ValueError(f"unknown schedule {config.schedule!r}; use 'step' or 'cosine'.")
   if warmup_steps == 0:
     return main
-  warmup = optax.linear_schedule(0.0, config.learning_rate, warmup_steps)
+  warmup = optax.linear_schedule(config.get("warmup_ratio", 0.0) * config.learning_rate,
+                                 config.learning_rate, warmup_steps)
   return optax.join_schedules([warmup, main], [warmup_steps])
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      schedule: optax.Schedule) -> optax.GradientTransformation:
   """torch.optim.SGD: g <- g + wd * p (coupled decay, every parameter); buf <- m * buf + g;
-  p <- p - lr * buf."""
+  p <- p - lr * buf. With `grad_clip_norm` > 0 the gradients are first scaled down to that global
+  L2 norm (mmdetection's grad_clip: clip_grad_norm_ before the SGD step, which adds the decay)."""
+  clip = config.get("grad_clip_norm", 0.0)
   return optax.chain(
+      *([optax.clip_by_global_norm(clip)] if clip > 0 else []),
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
 
@@ -213,41 +189,6 @@ def model_identity(config: ml_collections.ConfigDict, num_classes: int) -> dict:
           "frozen_stages": _frozen_stages(config), "frozen_bn": _frozen_bn(config)}
 
 
-def check_workdir_compatible(workdir: str, identity: dict) -> None:
-  """Refuses to resume from a workdir whose run had another model (nothing is overwritten)."""
-  path = os.path.join(workdir, "model.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = {**_IDENTITY_DEFAULTS, **json.load(f)}
-  if saved != json.loads(json.dumps(identity)):
-    diffs = ", ".join(f"{k}: {saved.get(k)!r} in the workdir vs {identity.get(k)!r} now"
-                      for k in MODEL_IDENTITY_KEYS if saved.get(k) != identity.get(k))
-    raise TrainingError(f"workdir {workdir} holds a run of another model ({diffs}); "
-                        f"use a new --workdir or the workdir's own config.")
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class _Progress:
-  """Step timing, images/s and ETA between log points."""
-
-  def __init__(self, start_step: int, total_steps: int, batch_size: int):
-    self.total_steps, self.batch_size = total_steps, batch_size
-    self._last_step, self._last_time = start_step, time.perf_counter()
-
-  def report(self, step: int) -> dict:
-    now = time.perf_counter()
-    steps = max(step - self._last_step, 1)
-    step_time = (now - self._last_time) / steps
-    self._last_step, self._last_time = step, now
-    return {"step_time": step_time, "images_per_sec": self.batch_size / step_time,
-            "eta_seconds": step_time * (self.total_steps - step)}
-
-
 def evaluate(variables: dict, batches: Iterator[dict], eval_fn: Callable) -> dict:
   """Loss, top-1 and top-5 over every example of the eval split (padding masked out);
   `eval_fn(variables, batch)` is a compiled `eval_step`."""
@@ -324,12 +265,6 @@ def build_experiment(config: ml_collections.ConfigDict, *, num_classes: Optional
                     schedule=schedule, optimizer=optimizer, param_labels=param_labels)
 
 
-def checkpointer_for(workdir: str, config: ml_collections.ConfigDict, *,
-                     create: bool = True) -> checkpointing.Checkpointer:
-  return checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.get("keep_checkpoints", 3), create=create)
-
-
 def restore_state(config: ml_collections.ConfigDict, workdir: str,
                   step: Optional[int] = None) -> TrainState:
   """The TrainState of checkpoint `step` (default: the newest) of the run in `workdir`. Needs no
@@ -349,16 +284,46 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
 
 
-def create_metric_writer(workdir: str, is_writer: bool) -> fileio.ReportingWriter:
-  """Progress to the log and (process 0) TensorBoard scalars in `workdir`. Synchronous, so that
-  a failed write (disk full) stops the run at once with one line, not a stream of errors from a
-  background thread."""
-  from clu import metric_writers  # TensorFlow
-  then = "The checkpoints are intact: free some space and run the same command to resume."
-  with fileio.reporting_write_errors(what="the TensorBoard log", directory=workdir, then=then):
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer,
-                                                  asynchronous=False)
-  return fileio.ReportingWriter(writer, workdir, then)
+def classification_task(config: ml_collections.ConfigDict, *,
+                        train_batches: Optional[Callable[[int], Iterator[dict]]] = None
+                        ) -> loop.Task:
+  """The loop's task for `config`: the experiment, its compiled steps, its data and evaluation.
+  `train_batches(start_step)` can replace the configured train input."""
+  from lct_flax import input_pipeline  # TensorFlow: only when training
+  experiment = build_experiment(config)
+  replicated, data_sharding = experiment.replicated, experiment.data_sharding
+  p_train_step = jax.jit(
+      functools.partial(train_step, model=experiment.model, optimizer=experiment.optimizer,
+                        label_smoothing=config.label_smoothing,
+                        param_labels=experiment.param_labels),
+      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=(0,))
+  p_eval_step = jax.jit(functools.partial(eval_step, model=experiment.model),
+                        in_shardings=(replicated, data_sharding), out_shardings=replicated)
+
+  def evaluate_state(state: TrainState) -> dict:
+    batches = input_pipeline.create_eval_iterator(config.dataset,
+                                                  global_batch_size=config.batch_size)
+    return evaluate(state.variables, input_pipeline.prefetch_to_mesh(batches, data_sharding),
+                    p_eval_step)
+
+  if train_batches is None:
+    train_batches = functools.partial(input_pipeline.create_train_iterator, config.dataset,
+                                      global_batch_size=config.batch_size, seed=config.seed)
+  return loop.Task(
+      config=config, mesh=experiment.mesh,
+      identity=model_identity(config, experiment.num_classes),
+      steps_per_epoch=experiment.steps_per_epoch, total_steps=experiment.total_steps,
+      schedule=experiment.schedule, init_state=experiment.init_fn(),
+      abstract_state=experiment.abstract_state, train_step=p_train_step,
+      train_batches=lambda start_step: train_batches(start_step=start_step),
+      evaluate=evaluate_state, describe_eval=_describe_eval,
+      description=f"{config.model.name} ({config.model.attention})", log_keys=("top1",))
+
+
+def _describe_eval(metrics: dict) -> str:
+  return (f"loss {metrics['eval_loss']:.4f}  top1 {metrics['eval_top1']:.4f}  "
+          f"top5 {metrics['eval_top5']:.4f}  ({metrics['eval_count']:.0f} examples)")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -373,165 +338,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   host-local batches `{"image", "label"}`. Returns the final eval metrics (with "step").
   """
   check_config(config)
-  with workdir_lock.hold(workdir, force=force_unlock, process_index=jax.process_index(),
-                         process_count=jax.process_count()):
-    return _train_and_evaluate(config, workdir, train_batches)
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        train_batches: Optional[Callable[[int], Iterator[dict]]]) -> dict:
-  from lct_flax import input_pipeline  # TensorFlow: only when training
-  experiment = build_experiment(config)
-  parallel.check_batch_size(config.batch_size, experiment.mesh)
-  model, schedule = experiment.model, experiment.schedule
-  steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
-  replicated, data_sharding = experiment.replicated, experiment.data_sharding
-  identity = model_identity(config, experiment.num_classes)
-  is_writer = jax.process_index() == 0
-  check_workdir_compatible(workdir, identity)
-
-  init_record = _previous_init_record(workdir)
-  pretrained_init = None
-  if config.get("init_from") and not _has_checkpoint(workdir):
-    pretrained_init = plan_init_from(config, experiment)   # refusals before anything is written
-  checkpointer = checkpointer_for(workdir, config)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(experiment.abstract_state())
-    logging.info("Resumed from %s", checkpointer.path(checkpointer.latest_step()))
-  else:
-    state = experiment.init_fn()()
-    if pretrained_init is not None:
-      state, init_record = initialize_from(state, *pretrained_init, replicated)
-  if is_writer:
-    fileio.write_json_atomically(os.path.join(workdir, "model.json"), identity)
-    fileio.write_json_atomically(os.path.join(workdir, "config.json"),
-                                 {**json.loads(config.to_json_best_effort()), **init_record})
-
-  p_train_step = jax.jit(
-      functools.partial(train_step, model=model, optimizer=experiment.optimizer,
-                        label_smoothing=config.label_smoothing,
-                        param_labels=experiment.param_labels),
-      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
-  p_eval_step = jax.jit(functools.partial(eval_step, model=model),
-                        in_shardings=(replicated, data_sharding), out_shardings=replicated)
-
-  def eval_batches():
-    return input_pipeline.prefetch_to_mesh(
-        input_pipeline.create_eval_iterator(config.dataset, global_batch_size=config.batch_size),
-        data_sharding)
-
-  start_step = int(state.step)
-  if train_batches is None:
-    train_batches = functools.partial(input_pipeline.create_train_iterator, config.dataset,
-                                      global_batch_size=config.batch_size, seed=config.seed)
-  batches = input_pipeline.prefetch_to_mesh(train_batches(start_step=start_step), data_sharding)
-
-  writer = create_metric_writer(workdir, is_writer)
-  progress = _Progress(start_step, total_steps, config.batch_size)
-  eval_every = config.eval_every_epochs * steps_per_epoch
-  pending_metrics = []
-  eval_metrics = {}
-  logging.info("Training %s (%s) for %d steps (%d per epoch) on %d devices, from step %d",
-               config.model.name, config.model.attention, total_steps, steps_per_epoch,
-               experiment.mesh.devices.size, start_step)
-  profiler = profiling.StepProfiler(workdir, config.profile_start_step, config.profile_num_steps)
-  step = start_step
-  preempted = False
-  try:
-    with preemption.PreemptionWatcher() as watcher:
-      while step < total_steps and not preempted:
-        profiler.step(step, wait_for=state)
-        state, metrics = p_train_step(state, next(batches))
-        step += 1
-        pending_metrics.append(metrics)
-        is_last = step == total_steps
-        preempted = watcher.reached(step)
-        save = is_last or preempted or step % config.checkpoint_every_steps == 0
-        if step % config.log_every_steps == 0 or save:
-          summary = _summarise(pending_metrics, step)
-          pending_metrics = []
-          summary.update(progress.report(step), learning_rate=float(schedule(step - 1)))
-          writer.write_scalars(step, summary)
-          logging.info("epoch %d  step %d/%d  loss %.4f  top1 %.4f  lr %.5f  %.1f img/s  ETA %s",
-                       (step - 1) // steps_per_epoch + 1, step, total_steps, summary["train_loss"],
-                       summary["train_top1"], summary["learning_rate"], summary["images_per_sec"],
-                       _format_duration(summary["eta_seconds"]))
-        if (eval_every and step % eval_every == 0) or is_last:
-          eval_metrics = evaluate(state.variables, eval_batches(), p_eval_step)
-          writer.write_scalars(step, eval_metrics)
-          logging.info("eval at step %d: loss %.4f  top1 %.4f  top5 %.4f  (%d examples)", step,
-                       eval_metrics["eval_loss"], eval_metrics["eval_top1"],
-                       eval_metrics["eval_top5"], eval_metrics["eval_count"])
-        if save:
-          checkpointer.save(step, state)
-        if preempted:
-          logging.warning("Stopped at step %d (%s); checkpoint %s. Run the same command to "
-                          "resume.", step, watcher.received or "preemption",
-                          checkpointer.path(step))
-    profiler.stop(state)
-  finally:
-    profiler.stop()  # after an error: end the trace without waiting on the (maybe donated) state
-    writer.flush()
-    checkpointer.close()
-  return {"step": step, "preempted": preempted, **eval_metrics}
-
-
-def plan_init_from(config: ml_collections.ConfigDict,
-                   experiment: Experiment) -> tuple[pretrained.Source, pretrained.LoadPlan]:
-  """Reads `config.init_from` and decides what it loads into the experiment's model (see
-  `lct_flax.pretrained`); raises ValueError naming whatever does not fit."""
-  source = pretrained.read_source(config.init_from)
-  abstract = experiment.abstract_state()
-  target = traverse_util.flatten_dict({"params": abstract.params,
-                                       "batch_stats": abstract.batch_stats})
-  return source, pretrained.plan_load(target, source.state_dict,
-                                      tuple(config.get("init_skip", ())))
-
-
-def initialize_from(state: TrainState, source: pretrained.Source, plan: pretrained.LoadPlan,
-                    sharding: Any) -> tuple[TrainState, dict]:
-  """`state` with the planned variables loaded, and the record config.json keeps of the source.
-  Logs the table of what was loaded."""
-  logging.info("%s", pretrained.describe(source, plan))
-  loaded = jax.tree.map(
-      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]),
-      pretrained.apply_plan(jax.device_get(state.variables), plan))
-  record = {"init_from_source": {"path": source.path, "kind": source.kind,
-                                 "sha256": source.sha256, "loaded": len(plan.arrays),
-                                 "initialised_fresh": plan.fresh, "skipped": plan.skipped}}
-  return state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"]), record
-
-
-def _has_checkpoint(workdir: str) -> bool:
-  """Whether `workdir` holds a checkpoint (looked up without creating anything)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return False
-  checkpointer = checkpointing.Checkpointer(directory, create=False)
-  try:
-    return checkpointer.latest_step() is not None
-  finally:
-    checkpointer.close()
-
-
-def _previous_init_record(workdir: str) -> dict:
-  """The init_from record of the run already in `workdir` (kept when it resumes)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    saved = json.load(f)
-  return {k: saved[k] for k in ("init_from_source",) if k in saved}
-
-
-def _summarise(step_metrics: list[dict], step: int) -> dict:
-  """Means of the per-step metrics since the last log point; stops on a non-finite step."""
-  values = jax.device_get(step_metrics)
-  finite = [bool(m["finite"]) for m in values]
-  if not all(finite):
-    bad = step - len(values) + finite.index(False) + 1
-    raise TrainingError(f"non-finite loss or gradient at step {bad}; the newest checkpoint is "
-                        f"from before it. Lower the learning rate or check the input.")
-  return {f"train_{k}": float(np.mean([m[k] for m in values]))
-          for k in ("loss", "top1", "top5", "grad_norm")}
+  return loop.run(lambda: classification_task(config, train_batches=train_batches), workdir,
+                  force_unlock=force_unlock)

@@ -17,8 +17,13 @@ from lct_flax import cli
 from lct_flax import config_schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+CONFIGS = sorted(os.path.relpath(p, REPO)
+                 for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
                  if not p.endswith("__init__.py"))
+
+
+def load_config(config_file):
+  return importlib.import_module(config_file[:-3].replace(os.sep, ".")).get_config()
 
 # Values of the bad-value sweep that a key legitimately takes (its documented special values, or
 # any name where a free-form name is expected): these must be accepted, all others refused.
@@ -27,7 +32,8 @@ ALLOWED = {
     "weight_decay": {"0"}, "warmup_epochs": {"0"}, "label_smoothing": {"0"},
     "bn_group_size": {"0"}, "eval_every_epochs": {"0"}, "profile_start_step": {"0", "-1"},
     "lr_decay_epochs": {"()"}, "frozen_stages": {"0", "-1"}, "init_skip": {"()", "nan", "abc"},
-    "init_from": {"", "0", "-1", "nan"},
+    "init_from": {"", "0", "-1", "nan"}, "warmup_steps": {"0"}, "warmup_ratio": {"0"},
+    "grad_clip_norm": {"0"}, "dataset.flip_ratio": {"0"}, "dataset.min_image_size": {"0"},
     "model.attention_kwargs.w_init": {"0", "-1"}, "model.attention_kwargs.b_init": {"0", "-1"},
     **{f"dataset.{key}": {"0", "-1", "nan"}
        for key in ("name", "train_split", "eval_split", "data_dir", "manual_dir")},
@@ -73,7 +79,7 @@ def refusal(argv):
 @pytest.mark.parametrize("config_file", CONFIGS)
 def test_every_key_refuses_bad_values_with_one_line_naming_it(config_file):
   assert refusal(["train.py", f"--config={config_file}", "--workdir=w"]) is None
-  config = importlib.import_module(f"configs.{os.path.basename(config_file)[:-3]}").get_config()
+  config = load_config(config_file)
   checked = 0
   for key, value in leaves(config):
     for bad in bad_values(value, key):
@@ -90,10 +96,12 @@ def test_every_key_refuses_bad_values_with_one_line_naming_it(config_file):
 
 def test_schema_covers_every_key_and_matches_the_code():
   from lct_flax import attention, models, trainer
-  keys = {key for f in CONFIGS for key, _ in leaves(
-      importlib.import_module(f"configs.{os.path.basename(f)[:-3]}").get_config())}
-  options = {key for key in keys if key.startswith("model.attention_kwargs.")}
-  assert keys - options <= set(config_schema.RULES)
+  for config_file in CONFIGS:
+    config = load_config(config_file)
+    keys = {key for key, _ in leaves(config)}
+    options = {key for key in keys if key.startswith("model.attention_kwargs.")}
+    rules = config_schema.TASK_RULES[config.get("task", "classification")]
+    assert keys - options <= set(rules), (config_file, keys - options - set(rules))
   assert set(config_schema.RULES["model.name"].choices) == set(models.STAGE_SIZES)
   assert set(config_schema.RULES["model.attention"].choices) == set(attention.ATTENTION_BLOCKS)
   for name, block in attention.ATTENTION_BLOCKS.items():

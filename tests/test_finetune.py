@@ -15,7 +15,9 @@ from flax import traverse_util
 
 from lct_flax import freezing
 from lct_flax import interop
+from lct_flax import loop
 from lct_flax import models
+from lct_flax import parallel
 from lct_flax import pretrained
 from lct_flax import trainer
 from tiny import tiny_demo_config, tiny_flags
@@ -78,12 +80,12 @@ def test_plain_torchvision_state_dict_loads_into_lct_resnet_with_a_new_head(digi
   interop.write_state_dict_file(path, source)
   config = tiny_finetune_config(digits_dir, num_train_steps=1, learning_rate=0.0,
                                 weight_decay=0.0, momentum=0.0, init_from=path)
-  experiment = trainer.build_experiment(config)
-  state = experiment.init_fn()()
+  task = trainer.classification_task(config)
+  state = task.init_state()
   fresh = torch_view(state)
   with caplog.at_level(logging.INFO):
-    state, record = trainer.initialize_from(state, *trainer.plan_init_from(config, experiment),
-                                            experiment.replicated)
+    state, record = loop.initialize_from(state, *loop.plan_init_from(task), (),
+                                         parallel.replicated_sharding(task.mesh))
   loaded = torch_view(state)
   convs_and_norms = [n for n in source if not n.startswith("fc.")
                      and not n.endswith("num_batches_tracked")]

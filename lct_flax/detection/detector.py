@@ -237,7 +237,7 @@ class TwoStageDetector(nn.Module):
     images, image_shape = batch["image"], batch["image_shape"]
     gt_boxes, gt_labels, gt_valid = batch["boxes"], batch["labels"], batch["valid"]
     n = images.shape[0]
-    keys = jax.random.split(key, (1 + len(s.stages)) * n).reshape(1 + len(s.stages), n)
+    keys = jax.random.split(key, (1 + len(s.stages), n))
 
     features = self.pyramid(images, image_shape, train=train)
     logits, deltas = self.rpn_head(features)
