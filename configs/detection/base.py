@@ -1,0 +1,69 @@
+"""The paper's detection recipe, shared by the Table 6 configs (paper p. 7, "Implementation
+details"; mmdetection v1.0's configs/faster_rcnn_r101_fpn_1x.py and cascade_rcnn_r101_fpn_1x.py
+for everything the paper leaves to "the default settings of the mmdetection framework").
+
+ResNet-101 FPN backbone initialised from an ImageNet export of the same backbone (`init_from`,
+its classifier skipped), stem and layer1 frozen (the paper's "c1 and c2"), BatchNorm statistics
+frozen (mmdetection's norm_eval; its scale and bias still train, as mmdetection's default
+norm_cfg requires_grad=True does; `--config.frozen_bn=True` freezes them too). COCO train2017,
+images resized to fit 1333x800, flipped with probability 0.5, padded to a landscape (800, 1344)
+or portrait (1344, 800) canvas. 12 epochs of SGD (momentum 0.9, weight decay 1e-4) at lr 0.005 for
+4 images per step (mmdetection's 0.02 for 16, linearly scaled, as the paper did on 4 GPUs x 1
+image), linear warm-up over 500 steps from 1/3, x0.1 at the start of the 9th and 12th epochs,
+gradients clipped at global norm 35. RPN: 256 anchors per image, half positive, smooth L1 beta
+1/9; R-CNN: 512 RoIs, a quarter positive, smooth L1 beta 1; test: 1000 proposals, score >= 0.05,
+per-class NMS 0.5, 100 detections per image. mmdetection v1's box conventions throughout.
+"""
+
+import ml_collections
+
+from lct_flax.detection import data_config
+
+
+def get_config(detector: str = "faster_rcnn", attention: str = "none",
+               **attention_kwargs) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = "detection"
+  config.model = ml_collections.ConfigDict({
+      "name": "resnet101",
+      "attention": attention,
+      "attention_kwargs": ml_collections.ConfigDict(attention_kwargs),
+      "width": 1.0,
+      "detector": detector,               # "faster_rcnn" | "cascade_rcnn"
+      "convention": "mmdet_v1",           # box arithmetic of the paper's framework
+      "fpn_channels": 256,
+      "fc_hidden": 1024,
+  })
+  config.dataset = data_config.default_dataset_config("coco_instances/2017")
+
+  config.batch_size = 4                   # global: the paper's 4 GPUs x 1 image
+  config.num_epochs = 12
+  config.num_train_steps = -1
+  config.seed = 0
+
+  config.learning_rate = 0.005
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 1e-4
+  config.schedule = "step"
+  config.lr_decay_epochs = (8, 11)        # mmdetection's step=[8, 11]
+  config.lr_decay_factor = 0.1
+  config.warmup_epochs = 0.0
+  config.warmup_steps = 500
+  config.warmup_ratio = 1.0 / 3.0
+  config.grad_clip_norm = 35.0
+  config.half_precision = False
+
+  config.init_from = ""                   # an ImageNet export of the same backbone
+  config.init_skip = ("fc.*",)            # the classifier has no place in a detector
+  config.frozen_stages = 1
+  config.norm_eval = True
+  config.frozen_bn = False
+
+  config.checkpoint_every_steps = 5000
+  config.keep_checkpoints = 3
+  config.log_every_steps = 50
+  config.eval_every_epochs = 1            # mmdetection's evaluation interval
+  config.profile_start_step = -1
+  config.profile_num_steps = 5
+  return config

@@ -1,0 +1,138 @@
+"""Detector training on the shared loop: a tiny LCT Faster R-CNN on the generated shapes COCO
+layout, through the real builder, pipeline, loop, checkpoints and COCOeval: one compile per
+canvas, finite and falling losses, exact resume mid-epoch, results JSON, and the refusals."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from configs.detection import shapes_demo
+from lct_flax import loop
+from lct_flax.detection import data
+from lct_flax.detection import task as detection_task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12
+
+
+def tiny_config(dataset, **overrides):
+  """configs/detection/shapes_demo.py shrunk: width 1/8, FPN 16, 80x64 images, batch 2."""
+  config = shapes_demo.get_config()
+  config.dataset = dataset
+  config.dataset.img_scale = (80, 64)
+  config.dataset.canvases = ((64, 96), (96, 64))
+  m = config.model
+  m.width, m.fpn_channels, m.fc_hidden = 0.125, 16, 32
+  m.rpn_proposals_train, m.rpn_proposals_test, m.rcnn_samples, m.max_candidates = 64, 32, 32, 64
+  config.batch_size = 2
+  config.num_train_steps = STEPS
+  config.warmup_steps = 2
+  config.learning_rate = 0.02
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 1000
+  config.eval_every_epochs = 0
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def train(config, workdir):
+  """train_and_evaluate through the loop, keeping the task it built."""
+  built = []
+
+  def make_task():
+    built.append(detection_task.detection_task(config, str(workdir)))
+    return built[-1]
+
+  detection_task.check_config(config)
+  return loop.run(make_task, str(workdir)), built[0]
+
+
+def train_losses(workdir):
+  import tensorflow as tf
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+  acc.Reload()
+  return [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("train_loss")]
+
+
+@pytest.fixture(scope="module")
+def straight(_prepared_shapes, tmp_path_factory):
+  config = tiny_config(_prepared_shapes.copy_and_resolve_references())
+  workdir = tmp_path_factory.mktemp("detection_straight")
+  result, task = train(config, workdir)
+  return config, workdir, result, task
+
+
+def test_one_compile_per_canvas_finite_falling_losses_and_coco_eval(straight):
+  config, workdir, result, task = straight
+  canvases = {batch["image"].shape[1:3] for _, batch in zip(range(STEPS), data.create_train_iterator(
+      config.dataset, global_batch_size=config.batch_size, seed=config.seed))}
+  assert canvases == {(64, 96), (96, 64)}
+  assert task.train_step._cache_size() == len(canvases)
+  losses = train_losses(workdir)
+  assert len(losses) == STEPS and np.all(np.isfinite(losses))
+  assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+  assert result["step"] == STEPS
+  for column in ("AP", "AP50", "AP75", "APs", "APm"):
+    assert 0.0 <= result[f"eval_{column}"] <= 1.0
+  results = json.load(open(workdir / f"detections_{STEPS}.json"))
+  val_ids = {image["id"] for image in data.read_annotations(config.dataset)["images"]}
+  assert results and {r["image_id"] for r in results} <= val_ids
+  assert {r["category_id"] for r in results} <= {2, 5, 9, 14}
+  assert all(len(r["bbox"]) == 4 and r["bbox"][2] > 0 and 0.05 < r["score"] <= 1
+             for r in results)
+
+
+def test_resume_mid_epoch_equals_the_straight_run(straight, tmp_path):
+  config, straight_workdir, _, _ = straight
+  first = tiny_config(config.dataset, num_train_steps=5)   # 11 steps per epoch
+  train(first, tmp_path)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
+  result, _ = train(config, tmp_path)
+  assert result["step"] == STEPS
+  a = traverse_util.flatten_dict(jax.device_get(
+      detection_task.restore_state(config, str(straight_workdir)).variables))
+  b = traverse_util.flatten_dict(jax.device_get(
+      detection_task.restore_state(config, str(tmp_path)).variables))
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+  np.testing.assert_array_equal(train_losses(tmp_path)[-STEPS + 5:],
+                                train_losses(straight_workdir)[5:])
+
+
+def run_train_py(workdir, *flags):
+  return subprocess.run([sys.executable, os.path.join(REPO, "train.py"),
+                         "--config=configs/detection/shapes_demo.py", f"--workdir={workdir}",
+                         *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.model.detector=mask_rcnn"],
+     "error: config.model.detector='mask_rcnn' is not allowed: it must be one of 'faster_rcnn', "
+     "'cascade_rcnn'."),
+    (["--config.dataset.box_convention=torchvision"],
+     "error: config.dataset.box_convention='torchvision' differs from "
+     "config.model.convention='mmdet_v1'; set both to the same value."),
+])
+def test_bad_detection_configs_are_refused_in_one_line(flags, message, tmp_path):
+  result = run_train_py(tmp_path / "run", *flags)
+  assert result.returncode != 0
+  assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [message]
+  assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_canvas_smaller_than_the_resized_images_is_refused(_prepared_shapes, tmp_path):
+  result = run_train_py(tmp_path / "run", f"--config.dataset.data_dir={_prepared_shapes.data_dir}",
+                        f"--config.dataset.manual_dir={_prepared_shapes.manual_dir}",
+                        "--config.dataset.canvases=((96, 160), (160, 96))")
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
+  assert "canvas" in errors[0] and "Traceback" not in result.stderr
