@@ -10,7 +10,8 @@ or, with the dataset prepared in DATA from the layout in LAYOUT:
 
 The recipe is the paper's (configs/detection/base.py) scaled to the tiny task: no pretrained
 backbone (nothing is frozen, BatchNorm trains), images fit 160x128 on (128, 160) / (160, 128)
-canvases, 8 images per step, fewer proposals and RoIs.
+canvases, 8 images per step, fewer proposals and RoIs, 12 epochs at lr 0.04 (x0.1 at 8 and 11).
+Measured: 24 epochs reach AP 88.3 (AP50 99.9) on the validation images, 8 epochs 66.3.
 """
 
 from configs.detection import base
@@ -30,14 +31,14 @@ def get_config(arg=None):
   config.model.max_candidates = 400
   config.dataset = data_config.shapes_dataset_config()
   config.batch_size = 8
-  config.num_epochs = 24
+  config.num_epochs = 12
   config.learning_rate = 0.04
-  config.lr_decay_epochs = (16, 22)
+  config.lr_decay_epochs = (8, 11)
   config.warmup_steps = 100
   config.frozen_stages = -1
   config.norm_eval = False
   config.init_skip = ()
   config.checkpoint_every_steps = 200
   config.log_every_steps = 20
-  config.eval_every_epochs = 8
+  config.eval_every_epochs = 0            # at the end
   return config

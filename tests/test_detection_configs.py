@@ -1,0 +1,69 @@
+"""Table 6 configs: the paper's detectors, backbones and recipe (mmdetection v1's 1x schedule at 4
+images per step), their parameter deltas against the plain backbone, and the learning rate."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from lct_flax import config_schema
+from lct_flax.detection import task as detection_task
+
+# (config module, detector, attention, Table 6's AP, parameters added to the plain detector).
+TABLE6 = [
+    ("faster_rcnn_r101_fpn_1x", "faster_rcnn", "none", 38.5, 0),
+    ("se_faster_rcnn_r101_fpn_1x", "faster_rcnn", "se", 39.8, 4_777_712),
+    ("lct_faster_rcnn_r101_fpn_1x", "faster_rcnn", "lct", 40.0, 65_024),
+    ("cascade_rcnn_r101_fpn_1x", "cascade_rcnn", "none", 42.0, 0),
+    ("se_cascade_rcnn_r101_fpn_1x", "cascade_rcnn", "se", 43.4, 4_777_712),
+    ("lct_cascade_rcnn_r101_fpn_1x", "cascade_rcnn", "lct", 43.6, 65_024),
+]
+COCO_TRAIN_IMAGES = 117_266      # train2017 images with annotations (mmdetection trains on these)
+
+
+def load(module):
+  return importlib.import_module(f"configs.detection.{module}").get_config()
+
+
+def parameter_count(config):
+  model = detection_task.create_model(config, num_classes=80)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3),
+                                                                             jnp.uint8),
+                                                method="init_variables"))
+  return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("module,detector,attention,paper_ap,added", TABLE6)
+def test_table6_configs_are_the_papers(module, detector, attention, paper_ap, added):
+  config = load(module)
+  config_schema.validate(config)
+  assert (config.task, config.model.name, config.model.detector, config.model.attention) == (
+      "detection", "resnet101", detector, attention)
+  assert f"AP {paper_ap}" in importlib.import_module(f"configs.detection.{module}").__doc__
+  assert config.batch_size == 4 and config.num_epochs == 12 and config.learning_rate == 0.005
+  assert (config.momentum, config.weight_decay, config.grad_clip_norm) == (0.9, 1e-4, 35.0)
+  assert (config.frozen_stages, config.norm_eval, config.model.convention) == (1, True,
+                                                                              "mmdet_v1")
+  assert tuple(config.init_skip) == ("fc.*",)
+  assert tuple(config.dataset.img_scale) == (1333, 800) and config.dataset.flip_ratio == 0.5
+  if attention == "lct":
+    assert config.model.attention_kwargs.to_dict() == {
+        "groups": 64, "w_init": 0.0, "b_init": 1.0, "use_norm": True, "use_transform": True}
+  baseline = load("faster_rcnn_r101_fpn_1x" if detector == "faster_rcnn" else
+                  "cascade_rcnn_r101_fpn_1x")
+  assert parameter_count(config) - parameter_count(baseline) == added
+
+
+def test_detection_schedule_is_mmdetections_1x():
+  from lct_flax import trainer
+  config = load("faster_rcnn_r101_fpn_1x")
+  steps_per_epoch = COCO_TRAIN_IMAGES // config.batch_size
+  schedule = trainer.create_learning_rate_schedule(config, steps_per_epoch)
+  lr = lambda step: float(schedule(step))
+  assert lr(0) == pytest.approx(0.005 / 3)                  # warm-up from 1/3 over 500 steps
+  assert lr(250) == pytest.approx(0.005 * (1 / 3 + 2 / 3 * 0.5))
+  assert lr(500) == pytest.approx(0.005)
+  assert lr(8 * steps_per_epoch - 1) == pytest.approx(0.005)
+  assert lr(8 * steps_per_epoch) == pytest.approx(0.0005)   # the 9th epoch
+  assert lr(11 * steps_per_epoch) == pytest.approx(0.00005)  # the 12th epoch
