@@ -129,6 +129,13 @@ def evaluate_export(export_dir: str, *, dataset: Optional[str] = None, split: Op
   check_arguments(batch_size=batch_size, data_dir=data_dir)
   export_dir = os.path.abspath(export_dir)
   model, variables, config = export_lib.load(export_dir)
+  if config.model.get("task") == "detection":
+    if dataset is not None:
+      raise ValueError("--dataset does not apply to a detector export; it evaluates on its own "
+                       "dataset (choose the split with --split, the data with --data_dir).")
+    from lct_flax.detection import evaluation
+    return evaluation.evaluate_export(export_dir, model, variables, config, split=split,
+                                      data_dir=data_dir, batch_size=batch_size)
   from lct_flax import input_pipeline  # TensorFlow: only once the export is known to be good
   from lct_flax import trainer
   dataset_config = eval_dataset_config(config, dataset=dataset, split=split, data_dir=data_dir)
@@ -197,7 +204,11 @@ def main(argv):
   output = values.output or default_output_path(values.export, result["dataset"], result["split"])
   if jax.process_index() == 0:
     fileio.write_json_atomically(output, result)
-    print(format_result(result))
+    if "AP" in result:
+      from lct_flax.detection import evaluation
+      print(evaluation.format_result(result))
+    else:
+      print(format_result(result))
     print(f"wrote {os.path.abspath(output)}")
 
 

@@ -112,8 +112,16 @@ def unflatten_variables(flat: Mapping[str, Any]) -> dict:
 # Model and dataset sections of export.json.
 
 
+def _is_detection(section: Mapping[str, Any]) -> bool:
+  return section.get("task") == "detection"
+
+
 def model_config_from_training(config: Mapping[str, Any], num_classes: int) -> dict:
-  """The `model` section from a training config (a ConfigDict or its JSON dict)."""
+  """The `model` section from a training config (a ConfigDict or its JSON dict); a detector's is
+  `detection.exporting.model_section`."""
+  if _is_detection(config):
+    from lct_flax.detection import exporting
+    return exporting.model_section(config, num_classes)
   m = config["model"]
   kwargs = m.get("attention_kwargs") or {}
   if hasattr(kwargs, "to_dict"):
@@ -130,7 +138,11 @@ def model_config_from_training(config: Mapping[str, Any], num_classes: int) -> d
 
 
 def dataset_config_from_training(config: Mapping[str, Any]) -> dict:
-  """The `dataset` section (eval preprocessing) from a training config."""
+  """The `dataset` section (eval preprocessing) from a training config; a detector's is its
+  detection data config."""
+  if _is_detection(config):
+    from lct_flax.detection import exporting
+    return exporting.dataset_section(config)
   d = config["dataset"]
   defaults = dataset_defaults.default_dataset_config(d["name"])
   section = {"name": d["name"], "eval_split": d.get("eval_split", defaults.eval_split),
@@ -144,7 +156,14 @@ def dataset_config_from_training(config: Mapping[str, Any]) -> dict:
 
 
 def build_model(model_config: Mapping[str, Any]) -> models.ResNet:
-  """`models.create_model` from an export's `model` section."""
+  """`models.create_model` from an export's `model` section (a detector's:
+  `detection.exporting.build_detector`)."""
+  if _is_detection(model_config):
+    from lct_flax.detection import exporting
+    try:
+      return exporting.build_detector(model_config)
+    except ValueError as error:
+      raise ExportError(str(error)) from None
   from lct_flax import models
   missing = [k for k in MODEL_KEYS if k not in model_config]
   if missing:
@@ -165,6 +184,16 @@ def abstract_variables(model: models.ResNet, image_size: int) -> dict:
       lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
                          train=False))
   return {c: variables[c] for c in COLLECTIONS if c in variables}
+
+
+def _expected_variables(model: Any, model_config: Mapping[str, Any],
+                        dataset_config: Mapping[str, Any]) -> dict:
+  """`abstract_variables` of a classifier, or of a detector on its first canvas."""
+  if _is_detection(model_config):
+    from lct_flax.detection import exporting
+    variables = exporting.abstract_variables(model, tuple(dataset_config["canvases"][0]))
+    return {c: variables[c] for c in COLLECTIONS if c in variables}
+  return abstract_variables(model, int(dataset_config["image_size"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +233,8 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
   for name, array in flat.items():
     if array.dtype.kind not in "fiub" or array.dtype.fields is not None:
       raise ExportError(f"variable {name} has dtype {array.dtype}, which an export cannot hold.")
-  _check_variables(flat, build_model(model_config), int(dataset_config["image_size"]),
-                   where="the variables to export")
+  _check_variables(flat, _expected_variables(build_model(model_config), model_config,
+                                             dataset_config), where="the variables to export")
 
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
@@ -310,8 +339,12 @@ def restore_inference_variables(workdir: str, step: Optional[int] = None
   if step is not None and step not in steps:
     raise ExportError(f"no checkpoint for step {step} in {checkpointer.directory}; available "
                       f"steps: {steps}.")
+  if _is_detection(config_json):
+    from lct_flax.detection import task as restoring
+  else:
+    restoring = trainer
   try:
-    state = trainer.restore_state(config, workdir, step)
+    state = restoring.restore_state(config, workdir, step)
   except (checkpointing.CheckpointError, ValueError, KeyError, TypeError,
           FileNotFoundError) as error:
     raise ExportError(f"cannot restore a checkpoint of {workdir} with the workdir's own config "
@@ -400,9 +433,8 @@ def read_metadata(export_dir: str) -> dict:
   return metadata
 
 
-def _check_variables(flat: Mapping[str, Any], model: models.ResNet, image_size: int,
-                     where: str) -> None:
-  expected = _flatten(abstract_variables(model, image_size))
+def _check_variables(flat: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+  expected = _flatten(expected)
   missing = sorted(set(expected) - set(flat))
   unexpected = sorted(set(flat) - set(expected))
   if missing or unexpected:
@@ -457,7 +489,7 @@ def load(export_dir: str) -> tuple[models.ResNet, dict, ml_collections.ConfigDic
     model = build_model(metadata["model"])
   except ExportError as error:
     raise _damaged(export_dir, str(error).rstrip(".")) from None
-  _check_variables(flat, model, int(metadata["dataset"]["image_size"]),
+  _check_variables(flat, _expected_variables(model, metadata["model"], metadata["dataset"]),
                    where=f"the arrays of export {export_dir}")
   variables = unflatten_variables({k: jnp.asarray(v) for k, v in flat.items()})
   config = ml_collections.ConfigDict(metadata)

@@ -136,3 +136,19 @@ def test_a_canvas_smaller_than_the_resized_images_is_refused(_prepared_shapes, t
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
   assert "canvas" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_export_of_a_detector_evaluates_as_training_did(straight, tmp_path):
+  from lct_flax import evaluate
+  from lct_flax import export
+  from lct_flax.detection import detector as detector_lib
+  _, workdir, result, _ = straight
+  output = export.export_workdir(str(workdir), str(tmp_path / "export"))
+  model, variables, config = export.load(output)
+  assert isinstance(model, detector_lib.TwoStageDetector)
+  assert config.model.task == "detection" and config.source.step == STEPS
+  evaluated = evaluate.evaluate_export(output, batch_size=2)
+  for column in ("AP", "AP50", "AP75", "APs", "APm"):
+    assert evaluated[column] == pytest.approx(result[f"eval_{column}"], abs=1e-9)
+  assert json.load(open(evaluated["results"])) == json.load(
+      open(workdir / f"detections_{STEPS}.json"))

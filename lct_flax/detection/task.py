@@ -27,36 +27,19 @@ from lct_flax import freezing
 from lct_flax import loop
 from lct_flax import parallel
 from lct_flax import trainer
-from lct_flax.detection import convention as convention_lib
 from lct_flax.detection import detector as detector_lib
+from lct_flax.detection import evaluation
+from lct_flax.detection import exporting
 from lct_flax.detection import training
-
-CONVENTIONS = {"mmdet_v1": convention_lib.Convention.mmdet_v1,
-               "torchvision": convention_lib.Convention.torchvision}
-
 
 def create_model(config: ml_collections.ConfigDict,
                  num_classes: int) -> detector_lib.TwoStageDetector:
-  """The detector `config.model` describes (backbone, attention, detector, convention, sizes)."""
-  m = config.model
-  overrides = {}
-  if m.get("rpn_proposals_train"):
-    n = m.rpn_proposals_train
-    overrides["rpn_train"] = detector_lib.ProposalSettings(n, n, n)
-  if m.get("rpn_proposals_test"):
-    n = m.rpn_proposals_test
-    overrides["rpn_test"] = detector_lib.ProposalSettings(n, n, n)
-  for key in ("rcnn_samples", "max_candidates", "fpn_channels", "fc_hidden"):
-    if m.get(key):
-      overrides[key] = m[key]
-  return detector_lib.create_detector(
-      m.name, num_classes=num_classes, attention=m.attention,
-      cascade=m.detector == "cascade_rcnn", convention=CONVENTIONS[m.convention](),
-      dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+  """The detector `config.model` describes (backbone, attention, detector, convention, sizes),
+  its backbone frozen as `frozen_stages`, `norm_eval` and `frozen_bn` say."""
+  return exporting.build_detector(
+      exporting.model_section(config, num_classes),
       frozen_stages=config.get("frozen_stages", -1), norm_eval=config.get("norm_eval", False),
-      frozen_bn=config.get("frozen_bn", False), width=m.width,
-      pixel_mean=tuple(config.dataset.mean), pixel_std=tuple(config.dataset.std),
-      attention_kwargs=m.attention_kwargs.to_dict(), **overrides)
+      frozen_bn=config.get("frozen_bn", False))
 
 
 def model_identity(config: ml_collections.ConfigDict, num_classes: int) -> dict:
@@ -157,8 +140,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
 
 def detection_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task:
   """The loop's task for a detection `config`; eval results JSONs go to `workdir`."""
-  from lct_flax.detection import coco_eval  # TensorFlow and pycocotools: only when training
-  from lct_flax.detection import data
+  from lct_flax.detection import data  # TensorFlow: only when training
 
   check_config(config)
   data.prepare_dataset(config.dataset)
@@ -178,8 +160,7 @@ def detection_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task
                         param_labels=param_labels),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=(0,))
-  p_detect_step = jax.jit(functools.partial(training.detect_step, model=model),
-                          in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+  p_detect_step = evaluation.compile_detect_step(model, mesh)
 
   def train_batches(start_step: int):
     batches = data.create_train_iterator(config.dataset, global_batch_size=config.batch_size,
@@ -187,13 +168,11 @@ def detection_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task
     return (training.device_batch(batch, training.TRAIN_KEYS) for batch in batches)
 
   def evaluate(state: loop.TrainState) -> dict:
-    evaluator = coco_eval.CocoEvaluator(config.dataset)
-    for batch in data.create_eval_iterator(config.dataset, global_batch_size=config.batch_size):
-      device = jax.tree.map(lambda x: jax.make_array_from_process_local_data(data_sharding, x),
-                            training.device_batch(batch, training.EVAL_KEYS))
-      evaluator.add(batch, parallel.host_local(p_detect_step(state.variables, device), mesh))
-    results = os.path.join(workdir, f"detections_{int(state.step)}.json")
-    return {f"eval_{k}": v for k, v in evaluator.evaluate(results_path=results).items()}
+    metrics = evaluation.coco_evaluate(
+        config.dataset, state.variables, p_detect_step, mesh,
+        global_batch_size=config.batch_size,
+        results_path=os.path.join(workdir, f"detections_{int(state.step)}.json"))
+    return {f"eval_{k}": v for k, v in metrics.items()}
 
   return loop.Task(
       config=config, mesh=mesh, identity=model_identity(config, info.num_classes),

@@ -1,0 +1,87 @@
+"""COCO box AP of a detector over every image of a split exactly once: the periodic evaluation of
+training (`detection.task`) and of exports (`python -m lct_flax.evaluate --export=...`).
+
+Eval batches (`data.create_eval_iterator`: every image once across processes, padding masked)
+are detected by the compiled `training.detect_step` (one program per canvas), each process's
+detections are collected with their image ids and scales, and `coco_eval.CocoEvaluator` gathers
+them on process 0, writes the COCO results JSON and runs COCOeval.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+
+from lct_flax import parallel
+from lct_flax.detection import training
+
+
+def compile_detect_step(model: Any, mesh: Any) -> Callable:
+  return jax.jit(functools.partial(training.detect_step, model=model),
+                 in_shardings=(parallel.replicated_sharding(mesh),
+                               parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.batch_sharding(mesh))
+
+
+def coco_evaluate(dataset_config: ml_collections.ConfigDict, variables: dict, detect_step: Callable,
+                  mesh: Any, *, global_batch_size: int,
+                  results_path: Optional[str] = None) -> dict:
+  """{"AP", "AP50", "AP75", "APs", "APm", "APl"} (fractions) of `variables` on the eval split;
+  every process calls it. `detect_step` is `compile_detect_step(model, mesh)`."""
+  from lct_flax.detection import coco_eval  # TensorFlow and pycocotools
+  from lct_flax.detection import data
+
+  data_sharding = parallel.batch_sharding(mesh)
+  evaluator = coco_eval.CocoEvaluator(dataset_config)
+  for batch in data.create_eval_iterator(dataset_config, global_batch_size=global_batch_size):
+    device = jax.tree.map(lambda x: jax.make_array_from_process_local_data(data_sharding, x),
+                          training.device_batch(batch, training.EVAL_KEYS))
+    evaluator.add(batch, parallel.host_local(detect_step(variables, device), mesh))
+  return evaluator.evaluate(results_path=results_path)
+
+
+def evaluate_export(export_dir: str, model: Any, variables: dict,
+                    config: ml_collections.ConfigDict, *, split: Optional[str] = None,
+                    data_dir: Optional[str] = None, batch_size: Optional[int] = None) -> dict:
+  """COCO box AP of a detector export on its dataset's eval split (or `split`), with the result
+  record `python -m lct_flax.evaluate` writes; the COCO results JSON goes beside the export."""
+  from lct_flax.detection import data
+
+  dataset_config = ml_collections.ConfigDict(config.dataset.to_dict())
+  if split is not None:
+    dataset_config.eval_split = split
+  if data_dir is not None:
+    dataset_config.data_dir = data_dir
+  info = data.get_dataset_info(dataset_config)
+  if info.num_classes != int(config.model.num_classes):
+    raise ValueError(f"{dataset_config.name} has {info.num_classes} classes but the detector in "
+                     f"{export_dir} has {config.model.num_classes}; evaluate it on the dataset "
+                     f"it was trained on.")
+  mesh = parallel.create_mesh()
+  batch_size = batch_size or mesh.devices.size
+  parallel.check_batch_size(batch_size, mesh)
+  start = time.perf_counter()
+  results_path = os.path.join(export_dir, f"detections_{dataset_config.eval_split}.json")
+  metrics = coco_evaluate(dataset_config, jax.device_put(variables,
+                                                         parallel.replicated_sharding(mesh)),
+                          compile_detect_step(model, mesh), mesh, global_batch_size=batch_size,
+                          results_path=results_path)
+  return {**metrics, "count": int(info.num_eval_images), "dataset": dataset_config.name,
+          "split": dataset_config.eval_split, "data_dir": dataset_config.data_dir,
+          "batch_size": int(batch_size), "num_devices": int(mesh.devices.size),
+          "seconds": round(time.perf_counter() - start, 3), "export": export_dir,
+          "results": results_path, "step": config.get("source", {}).get("step"),
+          "model": config.model.to_dict()}
+
+
+def format_result(result: dict) -> str:
+  """Table 6's columns in percent, as the paper prints them."""
+  columns = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+  values = "  ".join(f"{c} {100 * result[c]:.1f}" if result[c] >= 0 else f"{c} -"
+                     for c in columns)
+  return f"{result['dataset']}:{result['split']}  bbox  {values}  ({result['count']} images)"
