@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +87,7 @@ def _from_torch(array: np.ndarray, layout: str) -> np.ndarray:
   return array.T if layout == "linear" else array
 
 
-def _as_numpy(value: Any) -> np.ndarray:
+def as_numpy(value: Any) -> np.ndarray:
   """A torch tensor (any device, float dtypes incl. bfloat16 as float32) or array-like as NumPy."""
   if hasattr(value, "detach"):
     value = value.detach().cpu()
@@ -124,12 +124,15 @@ class StateDictMatch:
   unexpected: list
 
 
-def match_state_dict(target: Mapping[tuple, Any], state_dict: Mapping[str, Any]) -> StateDictMatch:
-  """Matches `state_dict` against `target` (flat flax path -> array or ShapeDtypeStruct)."""
+def match_state_dict(target: Mapping[tuple, Any], state_dict: Mapping[str, Any], *,
+                     namer: Callable[[tuple, int], tuple[str, str]] = torch_name
+                     ) -> StateDictMatch:
+  """Matches `state_dict` against `target` (flat flax path -> array or ShapeDtypeStruct).
+  `namer(path, ndim) -> (torch name, layout)` names the variables (default: `torch_name`)."""
   known = set()
   arrays, names, missing, mismatched = {}, {}, [], {}
   for path, spec in target.items():
-    name, layout = torch_name(path, len(spec.shape))
+    name, layout = namer(path, len(spec.shape))
     names[path] = name
     known.add(name)
     if path[0] == "batch_stats":
@@ -137,7 +140,7 @@ def match_state_dict(target: Mapping[tuple, Any], state_dict: Mapping[str, Any])
     if name not in state_dict:
       missing.append(name)
       continue
-    value = _as_numpy(state_dict[name])
+    value = as_numpy(state_dict[name])
     expected = _to_torch(np.broadcast_to(np.zeros((), spec.dtype), spec.shape), layout).shape
     if value.shape != expected:
       mismatched[name] = (value.shape, expected)
@@ -161,7 +164,16 @@ def load_torch_state_dict(model, state_dict: Mapping[str, Any], *, strict: bool 
   entries are accepted and ignored. Other keys the model does not use raise ValueError with
   `strict=True`, and are logged as a warning and skipped with `strict=False`.
   """
-  match = match_state_dict(traverse_util.flatten_dict(_abstract_variables(model)), state_dict)
+  return variables_from_state_dict(traverse_util.flatten_dict(_abstract_variables(model)),
+                                   state_dict, strict=strict)
+
+
+def variables_from_state_dict(target: Mapping[tuple, Any], state_dict: Mapping[str, Any], *,
+                              strict: bool = True,
+                              namer: Callable[[tuple, int], tuple[str, str]] = torch_name) -> dict:
+  """`load_torch_state_dict` for the variables `target` (flat flax path -> ShapeDtypeStruct)
+  named by `namer` (see `match_state_dict`): the refusals and the result are the same."""
+  match = match_state_dict(target, state_dict, namer=namer)
   problems = []
   if match.missing:
     problems.append(_listing("missing key(s)", match.missing))
@@ -178,7 +190,9 @@ def load_torch_state_dict(model, state_dict: Mapping[str, Any], *, strict: bool 
   return traverse_util.unflatten_dict({p: jnp.asarray(a) for p, a in match.arrays.items()})
 
 
-def to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def to_torch_state_dict(variables: Mapping[str, Any], *,
+                        namer: Callable[[tuple, int], tuple[str, str]] = torch_name
+                        ) -> dict[str, np.ndarray]:
   """Torch-layout state dict (name -> contiguous, writable NumPy array) of flax `variables`.
 
   Keys come in the variable tree's order (torch's `load_state_dict` does not depend on it).
@@ -187,12 +201,12 @@ def to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   gets `num_batches_tracked` = 0 (int64, 0-d), as torch's BatchNorm2d stores it, so that
   torchvision/timm models accept the result with `load_state_dict(strict=True)` (after
   `{k: torch.from_numpy(v) ...}`); the count only matters to torch with `momentum=None`.
-  The inverse of `load_torch_state_dict`, exactly.
+  The inverse of `load_torch_state_dict`, exactly. `namer`: as in `match_state_dict`.
   """
   state_dict = {}
   for path, leaf in traverse_util.flatten_dict(variables).items():
     leaf = np.asarray(leaf)
-    name, layout = torch_name(path, leaf.ndim)
+    name, layout = namer(path, leaf.ndim)
     state_dict[name] = np.array(_to_torch(leaf, layout), order="C")
     if path[0] == "batch_stats" and path[-1] == "mean":
       state_dict[name.rsplit(".", 1)[0] + "." + _NUM_BATCHES_TRACKED] = np.array(0, np.int64)
@@ -232,7 +246,7 @@ def write_state_dict_file(path: str, state_dict: Mapping[str, Any]) -> None:
   """Writes `state_dict` (name -> array) atomically as `.safetensors` or `.npz` by `path`'s suffix."""
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
 
-  arrays = {name: np.array(_as_numpy(value), order="C") for name, value in state_dict.items()}
+  arrays = {name: np.array(as_numpy(value), order="C") for name, value in state_dict.items()}
   suffix = os.path.splitext(path)[1]
   if suffix == ".safetensors":
     data = safetensors.numpy.save(arrays)

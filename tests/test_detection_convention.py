@@ -18,6 +18,8 @@ def test_presets_hold_each_references_values():
   assert (mmdet.rpn_allowed_border, torch_like.rpn_allowed_border) == (0.0, -1.0)
   assert (mmdet.rcnn_smooth_l1_beta, torch_like.rcnn_smooth_l1_beta) == (1.0, 1 / 9)
   assert (mmdet.min_proposal_size, torch_like.min_proposal_size) == (0.0, 1e-3)
+  assert (mmdet.group_nms, torch_like.group_nms) == ("exact", "coordinate_trick")
+  assert (mmdet.first_label, torch_like.first_label) == (0, 1)
   rpn, rcnn = mmdet.rpn_assigner(), mmdet.rcnn_assigner(0.6)
   assert (rpn.pos_iou_thr, rpn.neg_iou_thr, rpn.min_pos_iou, rpn.box_offset) == (0.7, 0.3, 0.3, 1)
   assert (rcnn.pos_iou_thr, rcnn.neg_iou_thr, rcnn.min_pos_iou) == (0.6, 0.6, 0.6)
@@ -32,6 +34,8 @@ def test_presets_hold_each_references_values():
 def test_unknown_setting_is_one_clear_error():
   with pytest.raises(ValueError, match="roi_align_mode 'bilinear' is unknown"):
     dataclasses.replace(Convention.mmdet_v1(), roi_align_mode="bilinear")
+  with pytest.raises(ValueError, match="group_nms 'offset' is unknown"):
+    dataclasses.replace(Convention.torchvision(), group_nms="offset")
   with pytest.raises(ValueError, match="box_offset must be 0.0 or 1.0"):
     dataclasses.replace(Convention.torchvision(), box_offset=0.5)
 

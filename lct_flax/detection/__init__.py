@@ -5,5 +5,10 @@ Data: `data_config`, `transforms`, `sampler`, `data` (COCO-layout records -> can
 framework, and torchvision differ), `boxes` (IoU, box coder, NMS), `anchors`, `roi_align`,
 `targets` (assigner, sampler, RPN and R-CNN targets), `losses` and `postprocess` (RPN proposals,
 per-class NMS): pure, jit-able functions with static shapes. Model: `fpn`, `rpn`, `roi_heads`,
-`detector` (Faster and Cascade R-CNN).
+`detector` (Faster and Cascade R-CNN). Training and evaluation on the shared loop: `training`,
+`task`, `evaluation`, `exporting`. `interop` loads torchvision's Faster R-CNN state dicts (and
+writes them); `detect(model, variables, images)` runs any of these detectors on uint8 images and
+returns NumPy detections in torchvision's output format.
 """
+
+from lct_flax.detection.inference import detect  # noqa: F401

@@ -17,6 +17,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+GROUP_NMS = ("exact", "coordinate_trick")
+
 
 def box_area(boxes: jax.Array, offset: float = 0.0) -> jax.Array:
   """(..., 4) -> (...): (x2 - x1 + offset) * (y2 - y1 + offset), unclamped as in both
@@ -134,7 +136,8 @@ def nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, iou_threshold: fl
   kept unless a kept box of higher rank (and the same group, when `groups` is given) overlaps
   it with IoU > iou_threshold, as torchvision.ops.nms and mmdet v1's CUDA NMS do (the strict
   ">"; mmdet's CPU kernel used ">="). Invalid boxes are neither kept nor suppress others.
-  Stops once `max_output` boxes are kept.
+  Stops once `max_output` boxes are kept or the valid boxes are all visited (each visit costs
+  O(N), so a large padded N with few valid boxes stays cheap).
 
   boxes (N, 4), scores (N,), valid (N,) bool, groups (N,) int or None. Returns (indices, valid):
   (max_output,) int32 indices into `boxes` of the kept boxes in decreasing score, and a mask of
@@ -148,10 +151,11 @@ def nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, iou_threshold: fl
   areas = box_area(sorted_boxes, offset)
   x1, y1, x2, y2 = (sorted_boxes[:, k] for k in range(4))
   rank = jnp.arange(n, dtype=jnp.int32)
+  num_valid = jnp.sum(valid, dtype=jnp.int32)   # the valid boxes come first in `order`
 
   def cond(state):
     i, _, kept = state
-    return (i < n) & (kept < max_output)
+    return (i < num_valid) & (kept < max_output)
 
   def body(state):
     i, suppressed, kept = state
@@ -174,11 +178,32 @@ def nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, iou_threshold: fl
   return indices, jnp.arange(max_output) < count
 
 
+def offset_by_group(boxes: jax.Array, groups: jax.Array, valid: jax.Array) -> jax.Array:
+  """torchvision's _batched_nms_coordinate_trick (ops/boxes.py): every box shifted by
+  group x (the largest coordinate of the valid boxes + 1), in float32, so that boxes of
+  different groups cannot overlap and one NMS serves all groups. The shift rounds each
+  coordinate to the float32 spacing at the offset (0.004 px at 37,000: class 90 on a 416 px
+  image), which moves IoUs near the threshold by about 1e-4."""
+  top = jnp.max(jnp.where(valid[:, None], boxes, -jnp.inf))
+  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  return boxes + (groups.astype(boxes.dtype) * (top + 1.0))[:, None]
+
+
 def batched_nms(boxes: jax.Array, scores: jax.Array, groups: jax.Array, valid: jax.Array,
-                iou_threshold: float, max_output: int, *,
-                offset: float = 0.0) -> tuple[jax.Array, jax.Array]:
+                iou_threshold: float, max_output: int, *, offset: float = 0.0,
+                group_nms: str = "exact") -> tuple[jax.Array, jax.Array]:
   """NMS applied independently within each group (class, or FPN level), merged in decreasing
-  score: torchvision.ops.batched_nms and mmdet v1's per-class loop in multiclass_nms. Boxes of
-  different groups never suppress each other (an exact mask, not torchvision's coordinate
-  offset, which perturbs IoU in float32). Same return as `nms`."""
+  score: torchvision.ops.batched_nms and mmdet v1's per-class loop in multiclass_nms. Same
+  return as `nms`.
+
+  `group_nms` (`Convention.group_nms`): "exact" masks IoUs across groups (mmdet v1's loop,
+  torchvision's _batched_nms_vanilla); "coordinate_trick" runs one NMS on `offset_by_group`'s
+  shifted boxes, as torchvision does on CUDA for up to 25,000 boxes and on the CPU for up to
+  1,000 (`groups` must then be torchvision's group ids: its levels 0..4, its class labels).
+  """
+  if group_nms == "coordinate_trick":
+    return nms(offset_by_group(boxes, groups, valid), scores, valid, iou_threshold, max_output,
+               offset=offset)
+  if group_nms != "exact":
+    raise ValueError(f"unknown group_nms {group_nms!r}; choose one of {GROUP_NMS}.")
   return nms(boxes, scores, valid, iou_threshold, max_output, offset=offset, groups=groups)

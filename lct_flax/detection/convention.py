@@ -64,6 +64,17 @@ class Convention:
     torchvision 1e-3 (rpn.py remove_small_boxes); mmdet v1 min_bbox_size = 0 keeps all.
   min_detection_size: the same for final detections: torchvision 1e-2 (roi_heads.py
     postprocess_detections); mmdet v1 none.
+  group_nms: how NMS keeps groups (RPN levels, classes) apart: "exact" never compares boxes of
+    different groups (mmdet v1: proposals per level in rpn_head.py get_bboxes_single, classes
+    in a loop in multiclass_nms); "coordinate_trick" shifts each group's boxes by group x (the
+    largest coordinate + 1) and runs one NMS, which rounds coordinates at the shift (torchvision
+    ops/boxes.py batched_nms: _batched_nms_coordinate_trick on CUDA up to 25,000 boxes and on
+    the CPU up to 1,000, the exact _batched_nms_vanilla beyond; `boxes.batched_nms`).
+  first_label: the label id of the first foreground class in the detections reported
+    (`lct_flax.detection.detect`): 0 in mmdet v1, whose multiclass_nms numbers the classes
+    0..K-1 (core/post_processing/bbox_nms.py, labels i - 1); 1 in torchvision, whose labels are
+    the classifier's columns with the background at 0 (roi_heads.py postprocess_detections:
+    COCO category ids 1..90).
   rpn_loss_normalisation: "mmdet_v1" divides both RPN losses by the sum over images of
     max(#pos, 1) + max(#neg, 1) (anchor_heads/anchor_head.py loss, anchor_target.py);
     "torchvision" by the number of sampled anchors (rpn.py compute_loss).
@@ -80,6 +91,8 @@ class Convention:
   clamp_deltas_below: bool
   min_proposal_size: float
   min_detection_size: float
+  group_nms: str
+  first_label: int
   rpn_loss_normalisation: str
   rcnn_smooth_l1_beta: float
 
@@ -90,6 +103,7 @@ class Convention:
         ("roi_level_mapping", self.roi_level_mapping, roi_align.LEVEL_MAPPINGS),
         ("low_quality_matches", self.low_quality_matches, FRAMEWORKS),
         ("gt_proposals", self.gt_proposals, targets.GT_PROPOSALS),
+        ("group_nms", self.group_nms, boxes_lib.GROUP_NMS),
         ("rpn_loss_normalisation", self.rpn_loss_normalisation, losses.RPN_NORMALISATIONS)):
       if value not in allowed:
         raise ValueError(f"Convention.{name} {value!r} is unknown; choose one of {allowed}.")
@@ -103,7 +117,8 @@ class Convention:
                roi_level_mapping="mmdet_v1", low_quality_matches="mmdet_v1",
                gt_proposals="mmdet_v1", rpn_allowed_border=0.0,
                clamp_deltas_below=True, min_proposal_size=0.0, min_detection_size=0.0,
-               rpn_loss_normalisation="mmdet_v1", rcnn_smooth_l1_beta=1.0)
+               group_nms="exact", first_label=0, rpn_loss_normalisation="mmdet_v1",
+               rcnn_smooth_l1_beta=1.0)
 
   @classmethod
   def torchvision(cls) -> "Convention":
@@ -112,6 +127,7 @@ class Convention:
                roi_level_mapping="torchvision", low_quality_matches="torchvision",
                gt_proposals="torchvision", rpn_allowed_border=-1.0, clamp_deltas_below=False,
                min_proposal_size=1e-3, min_detection_size=1e-2,
+               group_nms="coordinate_trick", first_label=1,
                rpn_loss_normalisation="torchvision", rcnn_smooth_l1_beta=1.0 / 9.0)
 
   def box_coder(self, stds=(1.0, 1.0, 1.0, 1.0),

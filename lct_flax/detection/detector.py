@@ -158,7 +158,7 @@ class TwoStageDetector(nn.Module):
     propose = functools.partial(
         postprocess.rpn_proposals, coder=s.convention.box_coder(), nms_pre=cfg.nms_pre,
         nms_post=cfg.nms_post, max_num=cfg.max_num, iou_threshold=cfg.iou_threshold,
-        min_size=s.convention.min_proposal_size)
+        min_size=s.convention.min_proposal_size, group_nms=s.convention.group_nms)
     return jax.vmap(propose, in_axes=(0, 0, None, 0))(logits, deltas,
                                                        [jnp.asarray(a) for a in anchors],
                                                        image_shape)
@@ -222,7 +222,7 @@ class TwoStageDetector(nn.Module):
         postprocess.multiclass_nms, score_threshold=s.score_threshold,
         iou_threshold=s.nms_threshold, max_output=s.max_detections,
         max_candidates=s.max_candidates, offset=s.convention.box_offset,
-        min_size=s.convention.min_detection_size)
+        min_size=s.convention.min_detection_size, group_nms=s.convention.group_nms)
     return jax.vmap(nms)(boxes, probabilities, valid)
 
   # -------------------------------------------------------------------------------------------

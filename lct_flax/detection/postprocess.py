@@ -23,8 +23,8 @@ from lct_flax.detection import boxes as boxes_lib
 def rpn_proposals(logits: Sequence[jax.Array], deltas: Sequence[jax.Array],
                   anchors: Sequence[jax.Array], image_shape: jax.Array, *,
                   coder: boxes_lib.BoxCoder, nms_pre: int, nms_post: int, max_num: int,
-                  iou_threshold: float = 0.7,
-                  min_size: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+                  iou_threshold: float = 0.7, min_size: float = 0.0,
+                  group_nms: str = "exact") -> tuple[jax.Array, jax.Array, jax.Array]:
   """Proposals of one image from per-level objectness logits (A_l,), deltas (A_l, 4) and anchors
   (A_l, 4); image_shape (h, w) of the resized image (boxes are clipped to it).
 
@@ -34,7 +34,9 @@ def rpn_proposals(logits: Sequence[jax.Array], deltas: Sequence[jax.Array],
   (`Convention.min_proposal_size`). Anchors are ranked by logit (the same order as the sigmoid
   score, without its float32 ties near 1). Returns boxes (max_num, 4), sigmoid scores (max_num,)
   and validity (max_num,), in decreasing score. No gradient flows through proposals (both
-  references detach the RPN outputs here).
+  references detach the RPN outputs here). `group_nms` (`Convention.group_nms`): how the levels
+  are kept apart in NMS; "coordinate_trick" shifts each level's boxes by its index, 0..L-1, as
+  torchvision's batched_nms over its levels does.
   """
   logits, deltas = jax.lax.stop_gradient((list(logits), list(deltas)))
   k = max(min(nms_pre, a.shape[0]) for a in anchors)
@@ -50,9 +52,17 @@ def rpn_proposals(logits: Sequence[jax.Array], deltas: Sequence[jax.Array],
     level_scores.append(jnp.pad(jax.nn.sigmoid(top_logits), (0, pad)))
     level_valid.append(jnp.pad(valid, (0, pad)))
   boxes, scores, valid = (jnp.stack(x) for x in (level_boxes, level_scores, level_valid))
+  nms_boxes = boxes
+  if group_nms == "coordinate_trick":
+    levels = jnp.repeat(jnp.arange(len(anchors)), k)
+    nms_boxes = boxes_lib.offset_by_group(boxes.reshape(-1, 4), levels,
+                                          valid.reshape(-1)).reshape(boxes.shape)
+  elif group_nms != "exact":
+    raise ValueError(f"unknown group_nms {group_nms!r}; choose one of {boxes_lib.GROUP_NMS}.")
   per_level = min(nms_post, k)
   keep, kept = jax.vmap(lambda b, s, v: boxes_lib.nms(b, s, v, iou_threshold, per_level,
-                                                      offset=coder.offset))(boxes, scores, valid)
+                                                      offset=coder.offset))(nms_boxes, scores,
+                                                                            valid)
   boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1).reshape(-1, 4)
   scores = jnp.where(kept, jnp.take_along_axis(scores, keep, axis=1), -jnp.inf).reshape(-1)
   return _top(boxes, scores, max_num)
@@ -78,8 +88,8 @@ class Detections(NamedTuple):
 
 def multiclass_nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, *,
                    score_threshold: float, iou_threshold: float, max_output: int,
-                   max_candidates: int, offset: float = 0.0,
-                   min_size: float = 0.0) -> Detections:
+                   max_candidates: int, offset: float = 0.0, min_size: float = 0.0,
+                   group_nms: str = "exact") -> Detections:
   """Per-class NMS of one image's R boxes: boxes (R, K, 4) class-specific or (R, 1, 4) shared,
   already decoded and clipped; scores (R, K) foreground probabilities (the background column
   removed); valid (R,).
@@ -88,7 +98,8 @@ def multiclass_nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, *,
   sides are >= min_size (`Convention.min_detection_size`); the best `max_candidates` of them go
   through `batched_nms` by class (static shapes need that cap; the result equals the references'
   whenever num_candidates <= max_candidates). mmdet v1 and torchvision: score_threshold 0.05,
-  iou_threshold 0.5, max_output 100.
+  iou_threshold 0.5, max_output 100. `group_nms`: see `boxes.batched_nms`; the groups are the
+  classes' columns beside the background's, 1..K (torchvision's labels).
   """
   r, k = scores.shape
   boxes = jnp.broadcast_to(boxes, (r, k, 4)).reshape(-1, 4)
@@ -97,8 +108,9 @@ def multiclass_nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, *,
   flat_scores = jnp.where(candidate, scores.reshape(-1).astype(jnp.float32), -jnp.inf)
   top_scores, top = jax.lax.top_k(flat_scores, min(max_candidates, r * k))
   labels = (top % k).astype(jnp.int32)
-  keep, kept = boxes_lib.batched_nms(boxes[top], top_scores, labels, top_scores > -jnp.inf,
-                                     iou_threshold, max_output, offset=offset)
+  keep, kept = boxes_lib.batched_nms(boxes[top], top_scores, labels + 1, top_scores > -jnp.inf,
+                                     iou_threshold, max_output, offset=offset,
+                                     group_nms=group_nms)
   return Detections(boxes=boxes[top][keep], scores=jnp.where(kept, top_scores[keep], 0.0),
                     labels=jnp.where(kept, labels[keep], 0), valid=kept,
                     num_candidates=jnp.sum(candidate, dtype=jnp.int32))
