@@ -56,8 +56,13 @@ def _crop_and_resize(masks: jax.Array, rois: jax.Array, instance: jax.Array,
   axes = []
   for start, end in ((box[:, 1], box[:, 3]), (box[:, 0], box[:, 2])):   # y, then x
     side = jnp.maximum(end - start + 1, 1)[:, None]
-    centres = (jnp.arange(size, dtype=jnp.float32) + 0.5)[None, :] * side.astype(jnp.float32)
-    low, high, w_low, w_high, _ = roi_align.axis_weights(centres / size - 0.5, side)
+    # The position (i + 0.5) * side / size - 0.5 as whole part and fraction, from integers:
+    # exact where it is a half (XLA may turn a float division into a reciprocal product).
+    twice = (2 * jnp.arange(size, dtype=jnp.int32) + 1)[None, :] * side - size
+    whole = jnp.floor_divide(twice, 2 * size)
+    fraction = (twice - whole * 2 * size).astype(jnp.float32) / (2 * size)
+    positions = whole.astype(jnp.float32) + fraction
+    low, high, w_low, w_high, _ = roi_align.axis_weights(positions, side)
     axes.append((low + start[:, None], high + start[:, None], w_low, w_high))
   return (_bilinear(masks, instance, *axes) >= 0.5).astype(jnp.float32)
 
