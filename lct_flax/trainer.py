@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import flax
 import jax
@@ -31,6 +31,7 @@ from lct_flax import fileio
 from lct_flax import input_pipeline
 from lct_flax import models
 from lct_flax import parallel
+from lct_flax import pixels
 from lct_flax import preemption
 from lct_flax import profiling
 
@@ -142,14 +143,17 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, model: models.ResNet,
-               optimizer: optax.GradientTransformation,
-               label_smoothing: float) -> tuple[TrainState, dict]:
+               optimizer: optax.GradientTransformation, label_smoothing: float,
+               mean: Optional[Sequence[float]] = None,
+               std: Optional[Sequence[float]] = None) -> tuple[TrainState, dict]:
   """One SGD step on a global batch. Metrics are means over the global batch, plus `finite`
-  (loss and gradients all finite) for the loop's NaN guard."""
+  (loss and gradients all finite) for the loop's NaN guard. uint8 images are normalised with the
+  dataset's `mean`/`std` first (`pixels.normalize`); float images are taken as normalised."""
+  images = pixels.normalize(batch["image"], mean, std)
 
   def loss_fn(params):
     logits, new_vars = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
     loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
     return loss, (logits, new_vars["batch_stats"])
@@ -170,9 +174,12 @@ def train_step(state: TrainState, batch: dict, *, model: models.ResNet,
   return new_state, metrics
 
 
-def eval_step(variables: dict, batch: dict, *, model: models.ResNet) -> dict:
-  """Sums over the masked (real) examples of a padded eval batch: loss, top-1, top-5, count."""
-  logits = model.apply(variables, batch["image"], train=False)
+def eval_step(variables: dict, batch: dict, *, model: models.ResNet,
+              mean: Optional[Sequence[float]] = None,
+              std: Optional[Sequence[float]] = None) -> dict:
+  """Sums over the masked (real) examples of a padded eval batch: loss, top-1, top-5, count.
+  Images as in `train_step`."""
+  logits = model.apply(variables, pixels.normalize(batch["image"], mean, std), train=False)
   mask = batch["mask"].astype(jnp.float32)
   return {
       "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -371,12 +378,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     fileio.write_json_atomically(os.path.join(workdir, "config.json"),
                           json.loads(config.to_json_best_effort()))
 
+  mean, std = input_pipeline.pixel_mean_std(config.dataset)
   p_train_step = jax.jit(
       functools.partial(train_step, model=model, optimizer=experiment.optimizer,
-                        label_smoothing=config.label_smoothing),
+                        label_smoothing=config.label_smoothing, mean=mean, std=std),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=(0,))
-  p_eval_step = jax.jit(functools.partial(eval_step, model=model),
+  p_eval_step = jax.jit(functools.partial(eval_step, model=model, mean=mean, std=std),
                         in_shardings=(replicated, data_sharding), out_shardings=replicated)
 
   def eval_batches():
