@@ -5,16 +5,16 @@ Preprocessing (as in the paper's PyTorch/torchvision recipe):
 * train: ``RandomResizedCrop(224, scale=(0.08, 1), ratio=(3/4, 4/3))`` (10 attempts, centre-crop
   fallback, exactly torchvision's rule) + random horizontal flip;
 * eval: resize the shorter side to 256 (``image_size / 0.875``), centre crop 224;
-* both: uint8 NHWC output, rounded once after resizing as PIL's uint8 images are. The jitted steps
-  normalise with the dataset's RGB mean/std on the device (``pixels.normalize``): batches travel
-  as a quarter of float32's bytes and the host does no float work.
+* both: uint8 NHWC output (PIL's images are uint8 too), rounded once after resizing. The jitted
+  steps normalise with the dataset's RGB mean/std on the device (``pixels.normalize``): batches
+  travel as a quarter of float32's bytes and the host does no float work.
 
 Resizing is bilinear with antialiasing, PIL's bilinear filter that torchvision applies to PIL
 images (the path the paper's pipeline used), with the arithmetic of ``tf.image.resize(...,
-antialias=True)`` and several times cheaper (``resampling``). JPEGs are decoded only inside the
-window the output reads (``decode_and_crop_jpeg``): the train crop, or for eval the source pixels
-of the centre crop, which is resampled directly from them (never the whole resized image); other
-formats (the PNGs of ``sklearn_digits``) are decoded whole and then cropped.
+antialias=True)`` at about four fifths of its cost (``resampling``). JPEGs are decoded only inside
+the window the output reads (``decode_and_crop_jpeg``): the train crop, or for eval the source
+pixels of the centre crop, which is resampled directly from them (never the whole resized image);
+other formats (the PNGs of ``sklearn_digits``) are decoded whole and then cropped.
 
 Determinism: the augmentation randomness is stateless, derived from ``(seed, epoch, position of
 the example within the epoch)``; files and the shuffle buffer are shuffled with a seed derived from

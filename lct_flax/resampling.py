@@ -8,9 +8,10 @@ pixels ``t`` with ``|t + 0.5 - c| < k`` weighted by ``1 - |t + 0.5 - c| / k`` (n
 where ``k = max(1, 1 / scale)`` widens the filter by the downscale factor.
 
 ``tf.image.resize`` resamples the rows in one fast pass over contiguous memory, then the columns
-pixel by pixel, which costs several times more. Here both axes are resampled as rows: the columns
-pass runs on the transposed intermediate. The arithmetic is the same, so the result equals
-``tf.image.resize``'s bit for bit before rounding. The output is rounded half up to uint8 once, at
+pixel by pixel, which costs about twice as much again. Here both axes are resampled as rows: the
+columns pass runs on the transposed intermediate. The arithmetic is the same, so the result
+equals ``tf.image.resize``'s bit for bit before rounding (on this build; the tests allow float
+noise at rounding ties). The output is rounded half up to uint8 once, at
 the end (PIL rounds after each axis, so PIL's own result can differ from this by one level).
 """
 
