@@ -355,7 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Running it again on the same workdir resumes from the newest checkpoint, with the data stream
   at the same position, so the result equals an uninterrupted run's. `train_batches(start_step)`
   can replace the configured train input with any iterator of host-local batches
-  `{"image", "label"}`. Returns the final eval metrics (with "step").
+  `{"image", "label"}` (uint8 images are normalised with `config.dataset`'s mean/std, float images
+  are taken as normalised). Returns the final eval metrics (with "step").
   """
   experiment = build_experiment(config)
   parallel.check_batch_size(config.batch_size, experiment.mesh)
