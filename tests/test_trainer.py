@@ -230,9 +230,11 @@ def assert_same_training(a, b):
 
 
 def multi_device_overrides(digits_dir):
-  # A small learning rate keeps six steps out of the chaotic regime in which float reduction-order
-  # differences grow to percent level (seen at lr 0.1), so the comparison can be tight.
-  return tiny_overrides(digits_dir, learning_rate=0.01, batch_size=16, num_train_steps=6,
+  # A small learning rate keeps the steps out of the chaotic regime in which float reduction-order
+  # differences grow to percent level (seen at lr 0.1), so the comparison can be tight. Four steps:
+  # at step 5 a ReLU input in layer1_0 lies within 1e-6 of zero, and another reduction order puts
+  # it on the other side (moving the stem's BatchNorm bias by 3%).
+  return tiny_overrides(digits_dir, learning_rate=0.01, batch_size=16, num_train_steps=4,
                         log_every_steps=1)
 
 
@@ -240,7 +242,7 @@ def test_one_device_and_eight_devices_train_the_same(digits_dir, tmp_path):
   overrides = multi_device_overrides(digits_dir)
   run_workers([worker_args(1, tmp_path / "one", overrides),
                worker_args(8, tmp_path / "eight", overrides)])
-  assert len(train_losses(tmp_path / "one")) == 6
+  assert len(train_losses(tmp_path / "one")) == 4
   assert_same_training(tmp_path / "one", tmp_path / "eight")
 
 
