@@ -419,7 +419,7 @@ def preprocess_for_eval(image_bytes, *, image_size, resize_size):
   Sizes as torchvision's ``Resize(resize_size)`` + ``CenterCrop(image_size)``: the longer side
   becomes ``int(resize_size * long / short)``, the crop's offsets ``round((side - crop) / 2)``.
   Only the crop's pixels are computed, from only the source pixels they read: the values are
-  those of resizing the whole image and cropping it.
+  those of resizing the whole image and cropping it (to float32 rounding), rounded to uint8.
   """
   window, (scale, translation) = _decode_window(
       image_bytes, lambda height, width: _centre_crop_plan(height, width, image_size,
