@@ -13,6 +13,12 @@ image), linear warm-up over 500 steps from 1/3, x0.1 at the start of the 9th and
 gradients clipped at global norm 35. RPN: 256 anchors per image, half positive, smooth L1 beta
 1/9; R-CNN: 512 RoIs, a quarter positive, smooth L1 beta 1; test: 1000 proposals, score >= 0.05,
 per-class NMS 0.5, 100 detections per image. mmdetection v1's box conventions throughout.
+
+Data and backbone for the Table 6 configs (COCO 2017 in $COCO as downloaded: annotations/,
+train2017/, val2017/; $IMAGENET_EXPORT an export of the ImageNet-trained backbone of the same kind,
+e.g. `python train.py --config=configs/lct_resnet101.py` then `python -m lct_flax.export`):
+  python -m lct_flax.detection.data --dataset=coco_instances/2017 --manual_dir=$COCO \
+      --data_dir=$DATA
 """
 
 import ml_collections
