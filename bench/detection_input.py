@@ -36,6 +36,7 @@ from lct_flax.detection import data
 from lct_flax.detection import data_config
 from lct_flax.detection import sampler
 from lct_flax.detection import transforms
+from bench import machine
 
 _TRAIN = flags.DEFINE_integer("train", 48, "Training images written.")
 _VAL = flags.DEFINE_integer("val", 48, "Validation images written.")
@@ -44,14 +45,6 @@ _BATCHES = flags.DEFINE_integer("batches", 24, "Timed train batches.")
 _COCO_SIZES = ((480, 640), (640, 480), (427, 640), (640, 427), (375, 500), (500, 375))
 _COCO_TRAIN_IMAGES = 118_287
 _READ_PASSES = 20  # over the train records, so that start-up costs do not count
-
-
-def _cpu_model():
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return "unknown"
 
 
 def _timed(fn, repeats=1, clock=time.perf_counter):
@@ -155,7 +148,7 @@ def main(argv):
   decode_ms, place_ms = _per_image_ms(config)
 
   print(f"### Detection input ({datetime.date.today().isoformat()})\n")
-  print(f"{_cpu_model()}, {os.cpu_count()} cores (shared with other jobs); "
+  print(f"{machine.cpu_model()}, {os.cpu_count()} cores (shared with other jobs); "
         f"`python -m bench.detection_input {' '.join(sys.argv[1:])}`. {written.num_images['train']}"
         f" train / {written.num_images['validation']} validation images of 375-640 px, mean "
         f"JPEG {jpeg_kib:.0f} KiB (COCO's: about 160 KiB); img_scale 1333x800, canvases "

@@ -36,6 +36,7 @@ from lct_flax.detection import postprocess
 from lct_flax.detection import roi_align
 from lct_flax.detection import targets
 from lct_flax.detection.convention import Convention
+from bench import machine
 
 _RUNS = flags.DEFINE_integer("runs", 5, "Timed runs per op.")
 _CHUNK = flags.DEFINE_integer("chunk", roi_align.DEFAULT_CHUNK, "RoIs pooled per step.")
@@ -43,14 +44,6 @@ _CHUNK = flags.DEFINE_integer("chunk", roi_align.DEFAULT_CHUNK, "RoIs pooled per
 CANVAS = (800, 1344)
 STRIDES = (4, 8, 16, 32, 64)
 MiB = 2**20
-
-
-def _cpu_model():
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return "unknown"
 
 
 def random_boxes(rng, n, size=CANVAS):
@@ -132,7 +125,7 @@ def main(argv):
   for name, shapes, function, args in cases(rng):
     rows.append((name, shapes) + measure(function, *args))
   print(f"\n## Detection ops, {datetime.date.today().isoformat()}\n")
-  print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; JAX {jax.__version__} on "
+  print(f"CPU: {machine.cpu_model()}, {os.cpu_count()} cores; JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}. `python -m bench.detection_ops --runs={_RUNS.value} "
         f"--chunk={_CHUNK.value}`; median of {_RUNS.value} runs after one untimed run.\n")
   print("| op | shapes | compile s | run ms (wall) | run ms (CPU) | temporaries MiB |")

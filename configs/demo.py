@@ -1,7 +1,7 @@
 """Demo: LCT-ResNet-18 (width 1/4, small stem) on the embedded scikit-learn digits, CPU-friendly.
 
-Command (the README's main command; about 2 minutes on a 2-core CPU, 99.7% test accuracy on an
-Intel Xeon, 98.9% on an AMD EPYC: float rounding differs between CPUs):
+Command (the README's main command; about 2 minutes on a 2-core CPU, 99.4% test accuracy on an
+Intel Xeon; float rounding differs between CPUs, so others may differ slightly):
   python train.py --config=configs/demo.py --workdir=workdir/demo
 
 1,437 training and 360 test images (8x8 digits upscaled to 16x16), 10 classes; no download.

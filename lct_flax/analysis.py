@@ -53,6 +53,7 @@ from lct_flax import evaluate as evaluate_lib
 from lct_flax import fileio
 from lct_flax import export as export_lib
 from lct_flax import parallel
+from lct_flax import pixels
 
 QUANTITIES = ("context_before", "context_after", "attention")
 ATTENTION_LABELS = {"lct": "LCT", "se": "SE", "se_norm": "SE+"}
@@ -178,10 +179,13 @@ def _capture_contexts(next_fun, args, kwargs, context):
 
 
 def statistics_step(variables: dict, batch: dict, *, model: nn.Module, blocks: Sequence[str],
-                    module_name: str) -> dict:
-  """Sums over the masked examples of the batch: per block the three (C,) quantities; `count`."""
+                    module_name: str, mean: Optional[Sequence[float]] = None,
+                    std: Optional[Sequence[float]] = None) -> dict:
+  """Sums over the masked examples of the batch: per block the three (C,) quantities; `count`.
+  uint8 images are normalised with `mean`/`std` first (`pixels.normalize`)."""
+  images = pixels.normalize(batch["image"], mean, std)
   with nn.intercept_methods(_capture_contexts):
-    _, state = model.apply(variables, batch["image"], train=False, mutable=["intermediates"])
+    _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
   mask = batch["mask"].astype(jnp.float32)
   sums = {"count": jnp.sum(mask)}
   for name in blocks:
@@ -207,8 +211,11 @@ def _limit_examples(batches: Iterator[dict], max_examples: Optional[int]) -> Ite
 
 
 def compute_statistics(model: nn.Module, variables: dict, batches: Iterator[dict],
-                       blocks: Sequence[str], module_name: str, mesh=None) -> tuple[dict, int]:
-  """Averages over the masked examples of host-local `batches` ({"image", "label", "mask"}).
+                       blocks: Sequence[str], module_name: str, mesh=None, *,
+                       mean: Optional[Sequence[float]] = None,
+                       std: Optional[Sequence[float]] = None) -> tuple[dict, int]:
+  """Averages over the masked examples of host-local `batches` ({"image", "label", "mask"});
+  uint8 images are normalised with `mean`/`std` on the device.
 
   Returns ({block name: BlockStats}, number of examples).
   """
@@ -217,7 +224,7 @@ def compute_statistics(model: nn.Module, variables: dict, batches: Iterator[dict
   replicated = parallel.replicated_sharding(mesh)
   data_sharding = parallel.batch_sharding(mesh)
   step = jax.jit(functools.partial(statistics_step, model=model, blocks=tuple(blocks),
-                                   module_name=module_name),
+                                   module_name=module_name, mean=mean, std=std),
                  in_shardings=(replicated, data_sharding), out_shardings=replicated)
   variables = jax.device_put(variables, replicated)
   totals = None
@@ -264,7 +271,8 @@ def analyze_export(export_dir: str, *, dataset: Optional[str] = None, split: Opt
       _limit_examples(raw, max_examples), total,
       f"{os.path.basename(export_dir)} on {dataset_config.name}:{dataset_config.eval_split}",
       progress and jax.process_index() == 0)
-  stats, count = compute_statistics(model, variables, batches, blocks, module_name, mesh)
+  stats, count = compute_statistics(model, variables, batches, blocks, module_name, mesh,
+                                    mean=dataset_config.mean, std=dataset_config.std)
   return ModelStats(label=label or ATTENTION_LABELS.get(config.model.attention,
                                                          config.model.attention),
                     export_dir=export_dir, config=config, dataset=dataset_config.name,

@@ -7,7 +7,8 @@ The dataset, split, data_dir and eval preprocessing (image_size, resize_size, me
 those the model was trained with (the export's `dataset` section); `--dataset` changes only the
 data, never the preprocessing. The last batch is padded and masked, so every example counts once
 (undecodable images are skipped and reported). The step runs jitted over a mesh of all devices
-(the batch split over them), through the trainer's own `eval_step` and `evaluate`.
+(the batch split over them), through the trainer's own `eval_step` and `evaluate`: the uint8
+batches are normalised on the device with the export's mean/std, exactly as in training.
 
 The result is printed and written as JSON (default `EXPORT_DIR/eval_<dataset>_<split>.json`):
 `top1`, `top5` (fractions), `loss` (mean cross-entropy), `count` (examples evaluated),
@@ -148,7 +149,8 @@ def evaluate_export(export_dir: str, *, dataset: Optional[str] = None, split: Op
   parallel.check_batch_size(batch_size, mesh)
   replicated = parallel.replicated_sharding(mesh)
   data_sharding = parallel.batch_sharding(mesh)
-  p_eval_step = jax.jit(functools.partial(trainer.eval_step, model=model),
+  p_eval_step = jax.jit(functools.partial(trainer.eval_step, model=model,
+                                          mean=dataset_config.mean, std=dataset_config.std),
                         in_shardings=(replicated, data_sharding), out_shardings=replicated)
   variables = jax.device_put(variables, replicated)
 

@@ -5,12 +5,16 @@ Preprocessing (as in the paper's PyTorch/torchvision recipe):
 * train: ``RandomResizedCrop(224, scale=(0.08, 1), ratio=(3/4, 4/3))`` (10 attempts, centre-crop
   fallback, exactly torchvision's rule) + random horizontal flip;
 * eval: resize the shorter side to 256 (``image_size / 0.875``), centre crop 224;
-* both: normalise with the ImageNet RGB mean/std, float32 NHWC output.
+* both: uint8 NHWC output (PIL's images are uint8 too), rounded once after resizing. The jitted
+  steps normalise with the dataset's RGB mean/std on the device (``pixels.normalize``): batches
+  travel as a quarter of float32's bytes and the host does no float work.
 
-Resizing is bilinear with antialiasing (``tf.image.resize(..., antialias=True)``), which matches
-PIL's bilinear filter that torchvision applies to PIL images, the path the paper's pipeline used.
-JPEG training images are decoded only inside their crop window (``decode_and_crop_jpeg``); other
-formats (the PNGs of ``sklearn_digits``) are decoded whole and then cropped.
+Resizing is bilinear with antialiasing, PIL's bilinear filter that torchvision applies to PIL
+images (the path the paper's pipeline used), with the arithmetic of ``tf.image.resize(...,
+antialias=True)`` at about four fifths of its cost (``resampling``). JPEGs are decoded only inside
+the window the output reads (``decode_and_crop_jpeg``): the train crop, or for eval the source
+pixels of the centre crop, which is resampled directly from them (never the whole resized image);
+other formats (the PNGs of ``sklearn_digits``) are decoded whole and then cropped.
 
 Determinism: the augmentation randomness is stateless, derived from ``(seed, epoch, position of
 the example within the epoch)``; files and the shuffle buffer are shuffled with a seed derived from
@@ -47,6 +51,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lct_flax import datasets as _datasets  # noqa: F401  (registers sklearn_digits with tfds)
+from lct_flax import resampling
 # Defined without TensorFlow (configs and command-line checks use them); re-exported here.
 from lct_flax.dataset_defaults import IMAGENET_MEAN_RGB  # noqa: F401
 from lct_flax.dataset_defaults import IMAGENET_STDDEV_RGB  # noqa: F401
@@ -121,6 +126,13 @@ def _settings(dataset_config):
   for key in ("crop_area_range", "aspect_ratio_range", "mean", "std"):
     values[key] = tuple(float(v) for v in values[key])
   return _Settings(**values)
+
+
+def pixel_mean_std(dataset_config):
+  """The RGB ``mean`` and ``std`` (0..255 scale, defaults filled in) that the jitted steps
+  normalise this dataset's uint8 batches with (``pixels.normalize``)."""
+  settings = _settings(dataset_config)
+  return settings.mean, settings.std
 
 
 def _count(process_count):
@@ -306,80 +318,88 @@ def random_resized_crop_window(seed, height, width, area_range, ratio_range,
   return tf.cond(tf.reduce_any(fits), sampled, centre_fallback)
 
 
-def _decode(image_bytes):
-  """Whole image as uint8 RGB, any format tf.io.decode_image knows; JPEG as PIL decodes it."""
-  return tf.cond(
-      tf.io.is_jpeg(image_bytes),
-      lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
-      lambda: tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8,
-                                 expand_animations=False))
+def _decode_window(image_bytes, plan):
+  """The pixels (uint8 RGB) inside a window of an image in any format tf.io.decode_image knows.
 
-
-def _decode_random_crop(image_bytes, seed, area_range, ratio_range):
-  """Decodes only the random-resized-crop window of JPEGs; decodes other formats, then crops."""
+  ``plan(height, width)`` returns the window ``[top, left, h, w]`` (int32) and a tuple of other
+  tensors, returned alongside the pixels. JPEGs are decoded only inside the window
+  (``decode_and_crop_jpeg``, DCT as PIL decodes them); other formats whole, then cropped.
+  """
 
   def jpeg():
     shape = tf.image.extract_jpeg_shape(image_bytes)
-    window = random_resized_crop_window(seed, shape[0], shape[1], area_range, ratio_range)
+    window, extras = plan(shape[0], shape[1])
     return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3,
-                                         dct_method="INTEGER_ACCURATE")
+                                         dct_method="INTEGER_ACCURATE"), extras
 
   def other():
-    image = _decode(image_bytes)
+    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
     shape = tf.shape(image)
-    top, left, h, w = tf.unstack(
-        random_resized_crop_window(seed, shape[0], shape[1], area_range, ratio_range))
-    return image[top:top + h, left:left + w]
+    window, extras = plan(shape[0], shape[1])
+    top, left, height, width = tf.unstack(window)
+    return image[top:top + height, left:left + width], extras
 
   return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
 
 
-def _resize(image, height, width):
-  return tf.image.resize(image, [height, width], method="bilinear", antialias=True)
-
-
-def _normalize(image, mean, std):
-  return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(
-      std, tf.float32)
-
-
 def preprocess_for_train(image_bytes, seed, *, image_size, area_range=(0.08, 1.0),
-                         ratio_range=(3 / 4, 4 / 3), random_flip=True,
-                         mean=IMAGENET_MEAN_RGB, std=IMAGENET_STDDEV_RGB):
-  """RandomResizedCrop(image_size) + random horizontal flip + normalise -> float32 [S, S, 3].
+                         ratio_range=(3 / 4, 4 / 3), random_flip=True):
+  """RandomResizedCrop(image_size) + random horizontal flip -> uint8 [S, S, 3].
 
-  ``seed``: stateless seed (shape [2]); the output is a pure function of bytes and seed.
+  ``seed``: stateless seed (shape [2]); the output is a pure function of bytes and seed. The
+  crop window is resized to S x S with the antialiased bilinear filter (``resampling.resize``).
   """
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  image = _decode_random_crop(image_bytes, crop_seed, area_range, ratio_range)
-  image = _resize(image, image_size, image_size)
-  if random_flip:
-    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-  return _normalize(image, mean, std)
+
+  def plan(height, width):
+    return random_resized_crop_window(crop_seed, height, width, area_range, ratio_range), ()
+
+  window, _ = _decode_window(image_bytes, plan)
+  scale = tf.cast(image_size, tf.float32) / tf.cast(tf.shape(window)[:2], tf.float32)
+  flip = tf.random.stateless_uniform([], flip_seed) < 0.5 if random_flip else None
+  return resampling.resize(window, image_size, tf.unstack(scale), flip=flip)
 
 
-def preprocess_for_eval(image_bytes, *, image_size, resize_size, mean=IMAGENET_MEAN_RGB,
-                        std=IMAGENET_STDDEV_RGB):
-  """Resize the shorter side to ``resize_size``, centre crop ``image_size``, normalise.
+def _centre_crop_plan(height, width, image_size, resize_size):
+  """torchvision's Resize(resize_size) + CenterCrop(image_size) of a height x width image as one
+  resampling of a source window: (window, (scale, translation)).
 
-  Sizes as torchvision's ``Resize(resize_size)`` + ``CenterCrop(image_size)``: the longer side
-  becomes ``int(resize_size * long / short)``, the crop's offsets ``round((side - crop) / 2)``.
+  The window holds the source pixels the crop's pixels read, plus one pixel on each side where
+  the image has one: ``decode_and_crop_jpeg`` decodes a window's first and last columns from
+  chroma without its neighbours, so those may differ from a whole-image decode; they fall
+  outside every filter tap.
   """
-  image = _decode(image_bytes)
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
   short = tf.cast(tf.minimum(height, width), tf.float64)
   new_h = tf.where(height <= width, resize_size,
                    tf.cast(resize_size * tf.cast(height, tf.float64) / short, tf.int32))
   new_w = tf.where(width <= height, resize_size,
                    tf.cast(resize_size * tf.cast(width, tf.float64) / short, tf.int32))
-  image = _resize(image, new_h, new_w)
   top = tf.cast(tf.round((new_h - image_size) / 2), tf.int32)
   left = tf.cast(tf.round((new_w - image_size) / 2), tf.int32)
-  image = image[top:top + image_size, left:left + image_size]
-  image = tf.ensure_shape(image, [image_size, image_size, 3])
-  return _normalize(image, mean, std)
+  scale = tf.cast(tf.stack([new_h, new_w]), tf.float32) / tf.cast(tf.stack([height, width]),
+                                                                  tf.float32)
+  y0, y1 = resampling.source_span(height, scale[0], top, image_size)
+  x0, x1 = resampling.source_span(width, scale[1], left, image_size)
+  y0, x0 = tf.maximum(y0 - 1, 0), tf.maximum(x0 - 1, 0)
+  y1, x1 = tf.minimum(y1 + 1, height), tf.minimum(x1 + 1, width)
+  translation = tf.cast(tf.stack([y0, x0]), tf.float32) * scale - tf.cast(tf.stack([top, left]),
+                                                                          tf.float32)
+  return tf.stack([y0, x0, y1 - y0, x1 - x0]), (scale, translation)
+
+
+def preprocess_for_eval(image_bytes, *, image_size, resize_size):
+  """Resize the shorter side to ``resize_size``, centre crop ``image_size`` -> uint8 [S, S, 3].
+
+  Sizes as torchvision's ``Resize(resize_size)`` + ``CenterCrop(image_size)``: the longer side
+  becomes ``int(resize_size * long / short)``, the crop's offsets ``round((side - crop) / 2)``.
+  Only the crop's pixels are computed, from only the source pixels they read: the values are
+  those of resizing the whole image and cropping it (to float32 rounding), rounded to uint8.
+  """
+  window, (scale, translation) = _decode_window(
+      image_bytes, lambda height, width: _centre_crop_plan(height, width, image_size,
+                                                           resize_size))
+  image = resampling.resize(window, image_size, tf.unstack(scale), tf.unstack(translation))
+  return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
 def _map_and_batch_skipping_errors(ds, fn, batch_size):
@@ -493,7 +513,7 @@ def _train_epoch(records, settings, *, seed, epoch, num_batches, first_batch, lo
     image = preprocess_for_train(
         example["image"], example_seed, image_size=settings.image_size,
         area_range=settings.crop_area_range, ratio_range=settings.aspect_ratio_range,
-        random_flip=settings.random_flip, mean=settings.mean, std=settings.std)
+        random_flip=settings.random_flip)
     return {"image": image, "label": example["label"]}
 
   ds = _map_and_batch_skipping_errors(ds, augment, local_batch)
@@ -503,7 +523,7 @@ def _train_epoch(records, settings, *, seed, epoch, num_batches, first_batch, lo
 
 def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step=0,
                           process_index=None, process_count=None):
-  """Endless host-local train batches ``{"image": f32[B,H,W,3], "label": i32[B]}`` (numpy).
+  """Endless host-local train batches ``{"image": u8[B,H,W,3], "label": i32[B]}`` (numpy).
 
   ``B = global_batch_size // process_count``. Every epoch has ``steps_per_epoch`` batches on every
   process (each process's share is shuffled, then cut to that many full batches); epoch ``e`` is
@@ -552,8 +572,7 @@ def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step
 def _eval_dataset(builder, settings, share, *, num_batches, local_batch):
   def preprocess(example):
     image = preprocess_for_eval(example["image"], image_size=settings.image_size,
-                                resize_size=settings.resize_size, mean=settings.mean,
-                                std=settings.std)
+                                resize_size=settings.resize_size)
     return {"image": image, "label": example["label"]}
 
   ds = _map_and_batch_skipping_errors(_read(builder, share), preprocess, local_batch)
@@ -568,7 +587,7 @@ def create_eval_iterator(dataset_config, *, global_batch_size, process_index=Non
                          process_count=None):
   """One pass over this process's share of the eval split, padded and masked.
 
-  Yields ``{"image": f32[B,H,W,3], "label": i32[B], "mask": bool[B]}`` (numpy),
+  Yields ``{"image": u8[B,H,W,3], "label": i32[B], "mask": bool[B]}`` (numpy),
   ``B = global_batch_size // process_count``. Across all processes every decodable example of
   the split appears exactly once with ``mask`` True; padding and undecodable images have ``mask``
   False. Every process yields ``num_eval_batches(...)`` batches, computed from the split sizes,

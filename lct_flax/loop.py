@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 import flax
 import jax

@@ -23,7 +23,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from flax import traverse_util

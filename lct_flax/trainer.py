@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from lct_flax import freezing
 from lct_flax import loop
 from lct_flax import models
 from lct_flax import parallel
+from lct_flax import pixels
 from lct_flax.loop import TrainState, TrainingError, checkpointer_for  # noqa: F401  (re-exported)
 
 
@@ -129,14 +130,18 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, model: models.ResNet,
                optimizer: optax.GradientTransformation, label_smoothing: float,
-               param_labels: Any = None) -> tuple[TrainState, dict]:
+               param_labels: Any = None, mean: Optional[Sequence[float]] = None,
+               std: Optional[Sequence[float]] = None) -> tuple[TrainState, dict]:
   """One SGD step on a global batch. Metrics are means over the global batch, plus `finite`
-  (loss and gradients all finite) for the loop's NaN guard. With `param_labels`
-  (`freezing.parameter_labels`), the frozen parameters' gradients are never computed."""
+  (loss and gradients all finite) for the loop's NaN guard. uint8 images are normalised with the
+  dataset's `mean`/`std` first (`pixels.normalize`); float images are taken as normalised. With
+  `param_labels` (`freezing.parameter_labels`), the frozen parameters' gradients are never
+  computed."""
+  images = pixels.normalize(batch["image"], mean, std)
 
   def loss_fn(params):
     logits, new_vars = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
     loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
     return loss, (logits, new_vars["batch_stats"])
@@ -159,9 +164,12 @@ def train_step(state: TrainState, batch: dict, *, model: models.ResNet,
   return new_state, metrics
 
 
-def eval_step(variables: dict, batch: dict, *, model: models.ResNet) -> dict:
-  """Sums over the masked (real) examples of a padded eval batch: loss, top-1, top-5, count."""
-  logits = model.apply(variables, batch["image"], train=False)
+def eval_step(variables: dict, batch: dict, *, model: models.ResNet,
+              mean: Optional[Sequence[float]] = None,
+              std: Optional[Sequence[float]] = None) -> dict:
+  """Sums over the masked (real) examples of a padded eval batch: loss, top-1, top-5, count.
+  Images as in `train_step`."""
+  logits = model.apply(variables, pixels.normalize(batch["image"], mean, std), train=False)
   mask = batch["mask"].astype(jnp.float32)
   return {
       "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -292,13 +300,14 @@ def classification_task(config: ml_collections.ConfigDict, *,
   from lct_flax import input_pipeline  # TensorFlow: only when training
   experiment = build_experiment(config)
   replicated, data_sharding = experiment.replicated, experiment.data_sharding
+  mean, std = input_pipeline.pixel_mean_std(config.dataset)
   p_train_step = jax.jit(
       functools.partial(train_step, model=experiment.model, optimizer=experiment.optimizer,
                         label_smoothing=config.label_smoothing,
-                        param_labels=experiment.param_labels),
+                        param_labels=experiment.param_labels, mean=mean, std=std),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=(0,))
-  p_eval_step = jax.jit(functools.partial(eval_step, model=experiment.model),
+  p_eval_step = jax.jit(functools.partial(eval_step, model=experiment.model, mean=mean, std=std),
                         in_shardings=(replicated, data_sharding), out_shardings=replicated)
 
   def evaluate_state(state: TrainState) -> dict:
@@ -335,7 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   at the same position, so the result equals an uninterrupted run's. The run holds the workdir's
   lock throughout (lct_flax.workdir_lock; `force_unlock` takes over one left on another host).
   `train_batches(start_step)` can replace the configured train input with any iterator of
-  host-local batches `{"image", "label"}`. Returns the final eval metrics (with "step").
+  host-local batches `{"image", "label"}` (uint8 images are normalised with `config.dataset`'s
+  mean/std, float images are taken as normalised). Returns the final eval metrics (with "step").
   """
   check_config(config)
   return loop.run(lambda: classification_task(config, train_batches=train_batches), workdir,

@@ -13,6 +13,7 @@ import pytest
 from lct_flax import analysis
 from lct_flax import export
 from lct_flax import input_pipeline
+from lct_flax import pixels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +38,8 @@ def direct_block_averages(export_dir, block, max_examples, batch_size=64):
         {**variables["params"][block]["bn2"], **variables["batch_stats"][block]["bn2"]}.items()}
   before, after, attention = [], [], []
   for batch in input_pipeline.create_eval_iterator(dataset, global_batch_size=batch_size):
-    _, state = model.apply(variables, batch["image"], train=False, capture_intermediates=True,
+    images = pixels.normalize(batch["image"], config.dataset.mean, config.dataset.std)
+    _, state = model.apply(variables, images, train=False, capture_intermediates=True,
                            mutable=["intermediates"])
     node = state["intermediates"][block]
     real = np.asarray(batch["mask"])

@@ -15,6 +15,7 @@ import pytest
 
 from lct_flax import export
 from lct_flax import input_pipeline
+from lct_flax import pixels
 from lct_flax import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,8 +27,9 @@ def run_cli(module, *args):
 
 
 def digits_images(dataset_config, n=64):
+  """Normalised float images, as model.apply takes them."""
   batch = next(iter(input_pipeline.create_eval_iterator(dataset_config, global_batch_size=n)))
-  return batch["image"]
+  return pixels.normalize(batch["image"], *input_pipeline.pixel_mean_std(dataset_config))
 
 
 def file_digests(path):

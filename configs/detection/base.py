@@ -16,6 +16,12 @@ gradients clipped at global norm 35. RPN: 256 anchors per image, half positive, 
 per-class NMS 0.5, 100 detections per image. Mask R-CNN and Cascade Mask R-CNN add a mask head
 per stage (RoIAlign 14x14, four 3x3 convolutions of 256, 28x28 per-class masks from the positive
 RoIs, binarised at 0.5 when pasted). mmdetection v1's box and mask conventions throughout.
+
+Data and backbone for the Table 6 and 7 configs (COCO 2017 in $COCO as downloaded: annotations/,
+train2017/, val2017/; $IMAGENET_EXPORT an export of the ImageNet-trained backbone of the same kind,
+e.g. `python train.py --config=configs/lct_resnet101.py` then `python -m lct_flax.export`):
+  python -m lct_flax.detection.data --dataset=coco_instances/2017 --manual_dir=$COCO \
+      --data_dir=$DATA
 """
 
 import ml_collections

@@ -1,21 +1,12 @@
-"""Table 7: Cascade Mask R-CNN, ResNet-101 FPN backbone, +LCT; COCO val2017 mask and box AP.
+"""Table 7: Cascade Mask R-CNN, ResNet-101 FPN backbone, +LCT (G=64, w=0, b=1); COCO val2017
+mask and box AP.
 
 Paper, mask AP (Table 7): AP 38.1, AP50 59.5, AP75 41.3, APs 19.9, APm 41.3, APl 53.2.
 Paper, box AP (Table 6): AP 44.1, AP50 62.4, AP75 48.3, APs 25.0, APm 47.7, APl 59.3.
-ΔParams +0.06M, ΔFLOPs +0.187G against the plain backbone (`python -m lct_flax.flops`);
-LCT with G=64, w=0, b=1.
-
-Commands (COCO 2017 in $COCO as downloaded: annotations/, train2017/, val2017/; an ImageNet export
-of the same backbone, e.g. from `python train.py --config=configs/lct_resnet101.py` then
-`python -m lct_flax.export`):
-  python -m lct_flax.detection.data --dataset=coco_instances/2017 --manual_dir=$COCO \
-      --data_dir=$DATA
+ΔParams +0.06M, ΔFLOPs +0.187G against the plain backbone.
+Command (data and ImageNet export as in configs/detection/base.py):
   python train.py --config=configs/detection/lct_cascade_mask_rcnn_r101_fpn_1x.py --workdir=$RUN \
       --config.dataset.data_dir=$DATA --config.init_from=$IMAGENET_EXPORT
-
-The recipe is configs/detection/base.py (the paper's: 4 images per step, 12 epochs, lr 0.005) with
-mmdetection v1's mask head (configs/cascade_mask_rcnn_r101_fpn_1x.py: RoIAlign 14x14, four 3x3
-convolutions of 256, 28x28 masks, binarised at 0.5). Each evaluation prints box and mask AP.
 """
 
 from configs.detection import base

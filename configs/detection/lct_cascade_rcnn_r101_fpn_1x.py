@@ -1,17 +1,9 @@
 """Table 6: Cascade R-CNN, ResNet-101 FPN backbone, +LCT (G=64, w=0, b=1); COCO val2017 box AP.
 
 Paper: AP 43.6, AP50 62.4, AP75 47.6, APs 25.4, APm 47.6, APl 57.3; ΔParams +0.06M, ΔFLOPs +0.187G
-against the plain backbone (`python -m lct_flax.flops`).
-
-Commands (COCO 2017 in $COCO as downloaded: annotations/, train2017/, val2017/; an ImageNet export
-of the same backbone, e.g. from `python train.py --config=configs/lct_resnet101.py` then
-`python -m lct_flax.export`):
-  python -m lct_flax.detection.data --dataset=coco_instances/2017 --manual_dir=$COCO \
-      --data_dir=$DATA
+against the plain backbone. Command (data and ImageNet export as in configs/detection/base.py):
   python train.py --config=configs/detection/lct_cascade_rcnn_r101_fpn_1x.py --workdir=$RUN \
       --config.dataset.data_dir=$DATA --config.init_from=$IMAGENET_EXPORT
-
-The recipe is configs/detection/base.py (the paper's: 4 images per step, 12 epochs, lr 0.005).
 """
 
 from configs.detection import base

@@ -1,17 +1,9 @@
 """Table 6: Faster R-CNN, ResNet-101 FPN backbone, +LCT (G=64, w=0, b=1); COCO val2017 box AP.
 
 Paper: AP 40.0, AP50 62.8, AP75 43.4, APs 24.8, APm 44.4, APl 50.9; ΔParams +0.06M, ΔFLOPs +0.187G
-against the plain backbone (`python -m lct_flax.flops`).
-
-Commands (COCO 2017 in $COCO as downloaded: annotations/, train2017/, val2017/; an ImageNet export
-of the same backbone, e.g. from `python train.py --config=configs/lct_resnet101.py` then
-`python -m lct_flax.export`):
-  python -m lct_flax.detection.data --dataset=coco_instances/2017 --manual_dir=$COCO \
-      --data_dir=$DATA
+against the plain backbone. Command (data and ImageNet export as in configs/detection/base.py):
   python train.py --config=configs/detection/lct_faster_rcnn_r101_fpn_1x.py --workdir=$RUN \
       --config.dataset.data_dir=$DATA --config.init_from=$IMAGENET_EXPORT
-
-The recipe is configs/detection/base.py (the paper's: 4 images per step, 12 epochs, lr 0.005).
 """
 
 from configs.detection import base
