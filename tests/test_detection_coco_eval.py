@@ -183,7 +183,7 @@ def test_two_processes_gather_on_process_0_and_count_every_image_once(shapes_con
   metrics = [json.loads((tmp_path / f"metrics_{i}.json").read_text()) for i in range(2)]
   assert metrics[0] == metrics[1]
   assert metrics[0]["AP"] == pytest.approx(1.0)
-  assert 0.3 < metrics[0]["segm_AP"] < 1.0     # masks filling the boxes of non-rectangles
+  assert 0.1 < metrics[0]["segm_AP"] < 0.6     # masks filling the boxes of non-rectangles
   assert "| bbox | 100.0 |" in outputs[0] and "| bbox |" not in outputs[1]
   assert "| segm |" in outputs[0]
   results = json.loads((tmp_path / "results.json").read_text())

@@ -4,7 +4,6 @@ and COCOeval bbox + segm: one compile per canvas, a finite and falling mask loss
 mid-epoch, and an export that evaluates (box and mask AP) as training did."""
 
 import json
-import os
 
 import jax
 import numpy as np
