@@ -256,11 +256,10 @@ class TwoStageDetector(nn.Module):
     logits, deltas = self.rpn_head(features)
     anchors = self.anchors(images.shape[1:3], features)
     rois, _, valid = self.proposals(logits, deltas, anchors, image_shape, s.rpn_test)
-    logit_sum = 0.0
-    for index in range(len(s.stages)):
-      if index > 0:
-        rois = self.refine(index - 1, rois, box_deltas, jnp.argmax(class_logits, -1),
-                           image_shape)
+    class_logits, box_deltas = self.box_stage(0, features, rois)
+    logit_sum = class_logits
+    for index in range(1, len(s.stages)):   # Cascade R-CNN: each stage refines the last's boxes
+      rois = self.refine(index - 1, rois, box_deltas, jnp.argmax(class_logits, -1), image_shape)
       class_logits, box_deltas = self.box_stage(index, features, rois)
       logit_sum = logit_sum + class_logits
     probabilities = jax.nn.softmax(logit_sum / len(s.stages), axis=-1)[..., 1:]
