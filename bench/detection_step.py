@@ -1,10 +1,11 @@
-"""Training and inference step time of FPN Faster R-CNN with none/SE/LCT backbones.
+"""Training and inference step time of FPN Faster (or Mask) R-CNN with none/SE/LCT backbones.
 
 Each variant is the real detector of configs/detection/base.py with a ResNet-50 (by default) and
 the given attention, its real training step (`detection.training.train_step`: RPN and R-CNN
 targets, losses, backward, the SGD update with frozen stem and layer1 and clipping) and its
 inference (`training.detect_step`: proposals, box head, per-class NMS), on random uint8 images
-with a few random ground-truth boxes at the paper's landscape canvas (800x1344). Variants are
+with a few random ground-truth boxes (and, for the mask detectors, bit-packed instance masks
+filling them) at the paper's landscape canvas (800x1344). Variants are
 alternated in one process (A B C A B C ...) after `--warmup` untimed rounds and the table gives
 median step times, ratios to the plain backbone and the compile times of the first step
 (lowering and XLA compilation); the timing helpers are bench.train_step's.
@@ -12,7 +13,8 @@ median step times, ratios to the plain backbone and the compile times of the fir
 The compile check runs the jitted training step on a batch of each canvas, twice, and counts
 the programs JAX compiled: one per canvas, never one per batch.
 
-  python -m bench.detection_step [--canvas=800,1344 --batch=1 --steps=3 --attentions=none,se,lct]
+  python -m bench.detection_step [--canvas=800,1344 --batch=1 --steps=3 --attentions=none,se,lct
+      --detector=faster_rcnn|cascade_rcnn|mask_rcnn|cascade_mask_rcnn]
 """
 
 import datetime
@@ -37,8 +39,9 @@ _BATCH = flags.DEFINE_integer("batch", 1, "Images per step.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per variant.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps per variant after the compile.")
 _MODEL = flags.DEFINE_string("model", "resnet50", "Backbone.")
-_DETECTOR = flags.DEFINE_enum("detector", "faster_rcnn", ["faster_rcnn", "cascade_rcnn"],
-                              "Detector.")
+_DETECTOR = flags.DEFINE_enum(
+    "detector", "faster_rcnn", ["faster_rcnn", "cascade_rcnn", "mask_rcnn", "cascade_mask_rcnn"],
+    "Detector.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _ATTENTIONS = flags.DEFINE_list("attentions", ["none", "se", "lct"], "Attention blocks.")
 _CHECK_CANVASES = flags.DEFINE_list(
@@ -57,17 +60,25 @@ def make_config(attention: str):
 
 
 def make_batch(canvas, batch_size: int) -> dict:
-  """Random images filling the canvas, NUM_BOXES random boxes of 32-256 px per image."""
+  """Random images filling the canvas, NUM_BOXES random boxes of 32-256 px per image (and their
+  instance masks, bit-packed as the input pipeline gives them, for the mask detectors)."""
   rng = np.random.default_rng(0)
   height, width = canvas
   corner = rng.uniform(0, 0.6, (batch_size, NUM_BOXES, 2)) * [width, height]
   size = rng.uniform(32, 256, (batch_size, NUM_BOXES, 2))
   boxes = np.concatenate([corner, np.minimum(corner + size, [width - 1, height - 1])], -1)
-  return {"image": jnp.asarray(rng.integers(0, 256, (batch_size, height, width, 3)), jnp.uint8),
-          "image_shape": jnp.asarray([canvas] * batch_size, jnp.int32),
-          "boxes": jnp.asarray(boxes, jnp.float32),
-          "labels": jnp.asarray(rng.integers(0, NUM_CLASSES, (batch_size, NUM_BOXES)), jnp.int32),
-          "valid": jnp.ones((batch_size, NUM_BOXES), bool)}
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size, height, width, 3)), jnp.uint8),
+           "image_shape": jnp.asarray([canvas] * batch_size, jnp.int32),
+           "boxes": jnp.asarray(boxes, jnp.float32),
+           "labels": jnp.asarray(rng.integers(0, NUM_CLASSES, (batch_size, NUM_BOXES)),
+                                 jnp.int32),
+           "valid": jnp.ones((batch_size, NUM_BOXES), bool)}
+  if "mask" in _DETECTOR.value:
+    ys, xs = np.arange(height)[:, None], np.arange(width)[None, :]
+    x1, y1, x2, y2 = (boxes[..., i, None, None].astype(int) for i in range(4))
+    inside = (ys >= y1) & (ys <= y2) & (xs >= x1) & (xs <= x2)
+    batch["masks"] = jnp.asarray(np.packbits(inside.astype(np.uint8), axis=-1))
+  return batch
 
 
 def build(attention: str, canvas, batch: dict, inference: bool) -> timing.Variant:

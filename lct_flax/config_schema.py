@@ -300,7 +300,7 @@ CLASSIFICATION_RULES: dict[str, Any] = {
 }
 
 DETECTION_RULES: dict[str, Any] = {
-    "model.detector": OneOf(("faster_rcnn", "cascade_rcnn")),
+    "model.detector": OneOf(("faster_rcnn", "cascade_rcnn", "mask_rcnn", "cascade_mask_rcnn")),
     "model.convention": OneOf(("mmdet_v1", "torchvision")),
     "model.fpn_channels": Integer(minimum=1, required=False),
     "model.fc_hidden": Integer(minimum=1, required=False),
@@ -308,6 +308,7 @@ DETECTION_RULES: dict[str, Any] = {
     "model.rpn_proposals_test": Integer(minimum=1, required=False),
     "model.rcnn_samples": Integer(minimum=1, required=False),
     "model.max_candidates": Integer(minimum=1, required=False),
+    "model.mask_hidden": Integer(minimum=1, required=False),
     "dataset.img_scale": Integers(2, minimum=1),
     "dataset.canvases": Shapes(),
     "dataset.size_divisor": Integer(minimum=1, required=False),

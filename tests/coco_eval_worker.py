@@ -4,11 +4,13 @@
       --num_processes=P --process_id=I
 
 Each process evaluates its share of the prepared ``coco_instances/shapes`` validation split with
-the ground truth as detections, through ``coco_eval.CocoEvaluator``; process 0 writes
-``DIR/results.json``; every process writes the metrics it got to ``DIR/metrics_<I>.json``.
+the ground truth as detections (with box-filling masks, so segm is evaluated too), through
+``coco_eval.CocoEvaluator``; process 0 writes ``DIR/results.json`` (and ``results.segm.json``);
+every process writes the metrics it got to ``DIR/metrics_<I>.json``.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -16,9 +18,11 @@ import sys
 import numpy as np
 
 
-def ground_truth_detections(batch, coco_gt, category_ids, convention, max_detections=16):
+def ground_truth_detections(batch, coco_gt, category_ids, convention, max_detections=16,
+                            box_masks=False):
   """The non-crowd ground truth of each real image of an eval batch, as detections (score 1) in
-  resized-image pixels: what a perfect detector would output."""
+  resized-image pixels: what a perfect detector would output (with `box_masks`, 28x28 mask
+  probabilities of 1: masks that fill the boxes)."""
   from lct_flax.detection import transforms
 
   label_of = {category: label for label, category in enumerate(category_ids)}
@@ -27,8 +31,7 @@ def ground_truth_detections(batch, coco_gt, category_ids, convention, max_detect
   scores = np.zeros((size, max_detections), np.float32)
   labels = np.zeros((size, max_detections), np.int32)
   valid = np.zeros((size, max_detections), bool)
-  unclipped = type(convention)(convention.name, convention.pixel_offset,
-                               convention.per_axis_scale, clip=False)
+  unclipped = dataclasses.replace(convention, clip=False)
   for n in np.flatnonzero(batch["mask"]):
     annotations = [a for a in coco_gt.imgToAnns[int(batch["image_id"][n])] if not a["iscrowd"]]
     for d, a in enumerate(annotations):
@@ -36,7 +39,10 @@ def ground_truth_detections(batch, coco_gt, category_ids, convention, max_detect
           transforms.annotation_boxes([a["bbox"]], convention), batch["scale"][n],
           batch["image_shape"][n], False, unclipped)[0]
       scores[n, d], labels[n, d], valid[n, d] = 1.0, label_of[a["category_id"]], True
-  return {"boxes": boxes, "scores": scores, "labels": labels, "valid": valid}
+  detections = {"boxes": boxes, "scores": scores, "labels": labels, "valid": valid}
+  if box_masks:
+    detections["masks"] = np.ones((size, max_detections, 28, 28), np.float32)
+  return detections
 
 
 def main():
@@ -61,7 +67,8 @@ def main():
   info = data.get_dataset_info(config)
   convention = data_config.settings(config).box_convention
   for batch in data.create_eval_iterator(config, global_batch_size=4):  # this process's share
-    evaluator.add(batch, ground_truth_detections(batch, coco_gt, info.category_ids, convention))
+    evaluator.add(batch, ground_truth_detections(batch, coco_gt, info.category_ids, convention,
+                                                 box_masks=True))
   results = os.path.join(args.output, "results.json") if jax.process_index() == 0 else None
   metrics = evaluator.evaluate(results)
   with open(os.path.join(args.output, f"metrics_{jax.process_index()}.json"), "w") as f:

@@ -17,6 +17,7 @@ from lct_flax.datasets import coco_layout
 from lct_flax.detection import coco_eval
 from lct_flax.detection import data
 from lct_flax.detection import data_config
+from lct_flax.detection import segmentation
 from lct_flax.detection.data_config import DetectionDataError
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "coco_eval_worker.py")
@@ -66,6 +67,36 @@ def test_ground_truth_as_detections_scores_ap_1(shapes_config, coco_shapes_layou
     assert [c for c, _ in detections] == [c for c, _ in expected[image_id]]
     np.testing.assert_allclose([b for _, b in detections], [b for _, b in expected[image_id]],
                                atol=2e-3)
+
+
+@pytest.mark.parametrize("convention", ["mmdet_v1", "torchvision"])
+def test_ground_truth_masks_as_segm_results_score_ap_1(shapes_config, convention):
+  shapes_config.box_convention = convention
+  coco_gt = coco_eval.ground_truth(shapes_config)
+  box_convention = data_config.settings(shapes_config).box_convention
+  parts, segmentations = collections.defaultdict(list), {}
+  for batch in data.create_eval_iterator(shapes_config, global_batch_size=4):
+    detections = ground_truth_detections(batch, coco_gt, CATEGORY_IDS, box_convention)
+    for n in np.flatnonzero(batch["mask"]):
+      image = coco_gt.imgs[int(batch["image_id"][n])]
+      masks = [segmentation.decode(a["segmentation"], image["height"], image["width"])
+               for a in coco_gt.imgToAnns[image["id"]] if not a["iscrowd"]]
+      segmentations[image["id"]] = segmentation.encode(np.asarray(masks).reshape(
+          -1, image["height"], image["width"]))
+      parts["image_ids"].append(image["id"])
+      parts["scales"].append(batch["scale"][n])
+      for key in ("boxes", "scores", "labels", "valid"):
+        parts[key].append(detections[key][n])
+  results = coco_eval.results_from_detections(
+      **{key: np.asarray(value) for key, value in parts.items()}, category_ids=CATEGORY_IDS,
+      convention=box_convention, segmentations=segmentations)
+  with_bbox = convention == "mmdet_v1"   # mmdet v1's segm2json keeps the box; torchvision not
+  assert all(("bbox" in r) == with_bbox and isinstance(r["segmentation"]["counts"], str)
+             for r in results)
+  metrics = coco_eval.evaluate(coco_gt, results, "segm")
+  for column in ("AP", "AP50", "AP75", "APs", "APm"):
+    assert metrics[column] == pytest.approx(1.0), column
+  assert coco_eval.segm_results_path("/r/detections_12.json") == "/r/detections_12.segm.json"
 
 
 def test_results_json_undoes_the_resize_in_the_dataset_convention():
@@ -152,8 +183,12 @@ def test_two_processes_gather_on_process_0_and_count_every_image_once(shapes_con
   metrics = [json.loads((tmp_path / f"metrics_{i}.json").read_text()) for i in range(2)]
   assert metrics[0] == metrics[1]
   assert metrics[0]["AP"] == pytest.approx(1.0)
+  assert 0.1 < metrics[0]["segm_AP"] < 0.6     # masks filling the boxes of non-rectangles
   assert "| bbox | 100.0 |" in outputs[0] and "| bbox |" not in outputs[1]
+  assert "| segm |" in outputs[0]
   results = json.loads((tmp_path / "results.json").read_text())
   gt = data.read_annotations(shapes_config)
   assert len(results) == sum(not a["iscrowd"] for a in gt["annotations"])
+  segm_results = json.loads((tmp_path / "results.segm.json").read_text())
+  assert [{k: r[k] for k in results[0]} for r in segm_results] == results
   assert not (tmp_path / "results.json.tmp").exists()

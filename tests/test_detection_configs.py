@@ -1,5 +1,6 @@
-"""Table 6 configs: the paper's detectors, backbones and recipe (mmdetection v1's 1x schedule at 4
-images per step), their parameter deltas against the plain backbone, and the learning rate."""
+"""Table 6 and 7 configs: the paper's detectors, backbones and recipe (mmdetection v1's 1x schedule
+at 4 images per step), their parameter deltas against the plain backbone, the mask heads' size,
+and the learning rate."""
 
 import importlib
 
@@ -19,6 +20,18 @@ TABLE6 = [
     ("se_cascade_rcnn_r101_fpn_1x", "cascade_rcnn", "se", 43.4, 4_777_712),
     ("lct_cascade_rcnn_r101_fpn_1x", "cascade_rcnn", "lct", 43.6, 65_024),
 ]
+# (config module, detector, attention, Table 7's mask AP, Table 6's box AP, parameters added).
+TABLE7 = [
+    ("mask_rcnn_r101_fpn_1x", "mask_rcnn", "none", 35.9, 39.4, 0),
+    ("se_mask_rcnn_r101_fpn_1x", "mask_rcnn", "se", 36.9, 40.7, 4_777_712),
+    ("lct_mask_rcnn_r101_fpn_1x", "mask_rcnn", "lct", 37.0, 40.9, 65_024),
+    ("cascade_mask_rcnn_r101_fpn_1x", "cascade_mask_rcnn", "none", 37.0, 42.6, 0),
+    ("se_cascade_mask_rcnn_r101_fpn_1x", "cascade_mask_rcnn", "se", 37.7, 43.7, 4_777_712),
+    ("lct_cascade_mask_rcnn_r101_fpn_1x", "cascade_mask_rcnn", "lct", 38.1, 44.1, 65_024),
+]
+# mmdetection v1's FCNMaskHead (81 classes): four 3x3 convolutions 256 -> 256, the 2x2 transposed
+# convolution 256 -> 256, the 1x1 logits 256 -> 81, with biases.
+FCN_MASK_HEAD_PARAMETERS = 4 * (256 * 256 * 9 + 256) + (256 * 256 * 4 + 256) + (256 * 81 + 81)
 COCO_TRAIN_IMAGES = 117_266      # train2017 images with annotations (mmdetection trains on these)
 
 
@@ -53,6 +66,31 @@ def test_table6_configs_are_the_papers(module, detector, attention, paper_ap, ad
   baseline = load("faster_rcnn_r101_fpn_1x" if detector == "faster_rcnn" else
                   "cascade_rcnn_r101_fpn_1x")
   assert parameter_count(config) - parameter_count(baseline) == added
+
+
+@pytest.mark.parametrize("module,detector,attention,mask_ap,box_ap,added", TABLE7)
+def test_table7_configs_are_the_papers(module, detector, attention, mask_ap, box_ap, added):
+  config = load(module)
+  config_schema.validate(config)
+  doc = importlib.import_module(f"configs.detection.{module}").__doc__
+  assert f"mask AP (Table 7): AP {mask_ap}," in doc and f"box AP (Table 6): AP {box_ap}," in doc
+  assert f"--config=configs/detection/{module}.py" in doc
+  assert (config.model.name, config.model.detector, config.model.attention) == (
+      "resnet101", detector, attention)
+  assert config.model.mask_hidden == 256
+  box_config = load(module.replace("cascade_mask_", "cascade_").replace(   # Table 6's row
+      "mask_rcnn", "faster_rcnn"))                                       # without masks
+  for key in ("batch_size", "num_epochs", "learning_rate", "lr_decay_epochs", "warmup_steps",
+              "grad_clip_norm", "frozen_stages", "norm_eval", "init_skip"):
+    assert config[key] == box_config[key], key
+  assert config.dataset.to_dict() == box_config.dataset.to_dict()
+  stages = 3 if detector == "cascade_mask_rcnn" else 1
+  assert parameter_count(config) - parameter_count(box_config) == (
+      stages * FCN_MASK_HEAD_PARAMETERS)
+  if attention != "none":
+    baseline = load("mask_rcnn_r101_fpn_1x" if detector == "mask_rcnn" else
+                    "cascade_mask_rcnn_r101_fpn_1x")
+    assert parameter_count(config) - parameter_count(baseline) == added
 
 
 def test_detection_schedule_is_mmdetections_1x():

@@ -1,5 +1,6 @@
-"""torchvision Faster R-CNN interop (issue 13, item 7): the state dict mapping, its refusals,
-`detect`, the coordinate-trick NMS, and equality with torchvision's own detections."""
+"""torchvision Faster R-CNN and Mask R-CNN interop (issue 13, item 7; issue 14, item 7): the
+state dict mapping, its refusals, `detect`, the coordinate-trick NMS, and equality with
+torchvision's own detections (and masks)."""
 
 import functools
 import re
@@ -43,11 +44,11 @@ TORCHVISION_SHAPES = {
 
 
 @functools.lru_cache(maxsize=None)
-def random_torchvision_state_dict(seed=0):
+def random_torchvision_state_dict(seed=0, arch=ARCH):
   """A torchvision-layout state dict of the full-size detector (current names, FrozenBatchNorm2d)
   with seeded random values, made through our own mapping of random flax variables."""
   rng = np.random.default_rng(seed)
-  abstract = interop.abstract_variables(interop.torchvision_detector(ARCH))
+  abstract = interop.abstract_variables(interop.torchvision_detector(arch))
   variables = jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32), abstract)
   return interop.to_torchvision_detector_state_dict(variables), variables
 
@@ -226,9 +227,9 @@ def textured_images(seed, count=2):
   return np.clip(images, 0, 255).astype(np.uint8)
 
 
-def separated_torchvision_detector(torch, seed, images):
-  """torchvision's fasterrcnn_resnet50_fpn (untrained, not resizing HEIGHT x WIDTH images) with
-  random weights shaped so that no decision of the forward pass is a near tie.
+def separated_torchvision_detector(torch, seed, images, arch=ARCH):
+  """torchvision's `arch` (fasterrcnn_resnet50_fpn; untrained, not resizing HEIGHT x WIDTH images)
+  with random weights shaped so that no decision of the forward pass is a near tie.
 
   PyTorch and XLA round float32 differently (about 5e-7 of the features' scale here, 1e-5 with
   a plain random ResNet-50), and random heads make thousands of decisions (top-k, NMS), some of
@@ -247,11 +248,11 @@ def separated_torchvision_detector(torch, seed, images):
   What is left continuous (the top-k cuts, per-class NMS among neighbours) is checked at this
   seed; every stage's outputs are compared too, so a failure names the stage.
   """
-  from torchvision.models.detection import fasterrcnn_resnet50_fpn
+  from torchvision.models import detection
 
   torch.manual_seed(seed)
-  model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=HEIGHT,
-                                  max_size=WIDTH)
+  model = getattr(detection, arch)(weights=None, weights_backbone=None, min_size=HEIGHT,
+                                   max_size=WIDTH)
   body = model.backbone.body
   batchnorms = [(n, m) for n, m in body.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
   for _, module in batchnorms:
@@ -444,3 +445,86 @@ def test_coordinate_trick_matches_torchvisions():
                                 group_nms="coordinate_trick")
   np.testing.assert_array_equal(np.asarray(trick[0])[np.asarray(trick[1])], expected)
   np.testing.assert_array_equal(expected, [0, 1, 2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask R-CNN.
+
+MASK_ARCH = "maskrcnn_resnet50_fpn"
+# What torchvision 0.29's maskrcnn_resnet50_fpn(num_classes=91) adds to the Faster R-CNN's 295.
+TORCHVISION_MASK_SHAPES = {
+    "roi_heads.mask_head.0.0.weight": (256, 256, 3, 3),
+    "roi_heads.mask_head.3.0.bias": (256,),
+    "roi_heads.mask_predictor.conv5_mask.weight": (256, 256, 2, 2),
+    "roi_heads.mask_predictor.conv5_mask.bias": (256,),
+    "roi_heads.mask_predictor.mask_fcn_logits.weight": (91, 256, 1, 1),
+}
+
+
+def test_mask_rcnn_state_dict_names_round_trip_and_older_names():
+  state_dict, variables = random_torchvision_state_dict(0, MASK_ARCH)
+  assert len(state_dict) == 295 + 12
+  for name, shape in TORCHVISION_MASK_SHAPES.items():
+    assert state_dict[name].shape == shape, name
+  older = {re.sub(r"^roi_heads\.mask_head\.(\d)\.0\.",
+                  lambda m: f"roi_heads.mask_head.mask_fcn{int(m.group(1)) + 1}.", k): v
+           for k, v in state_dict.items()}   # torchvision < 0.13 (MaskRCNNHeads version 1)
+  assert "roi_heads.mask_head.mask_fcn4.weight" in older
+  for given in (state_dict, older):
+    model, loaded = interop.load_torchvision_detector(given, MASK_ARCH)
+    assert model.settings.with_masks and model.settings.mask_hidden == 256
+    flat, flat_loaded = (traverse_util.flatten_dict(v) for v in (variables, loaded))
+    assert flat.keys() == flat_loaded.keys()
+    for path, value in flat.items():
+      np.testing.assert_array_equal(np.asarray(flat_loaded[path]), value, err_msg=str(path))
+  again = interop.to_torchvision_detector_state_dict(loaded)
+  assert again.keys() == state_dict.keys()
+  # The transposed convolution keeps torch's (in, out, 2, 2) weight: out[2i + a, 2j + b] reads
+  # weight[:, :, a, b].
+  kernel = np.asarray(loaded["params"]["mask_heads_0"]["deconv"]["kernel"])
+  weight = state_dict["roi_heads.mask_predictor.conv5_mask.weight"]
+  np.testing.assert_array_equal(kernel[1, 0], weight[:, :, 1, 0].T)
+  without_masks = {k: v for k, v in state_dict.items() if ".mask_" not in k}
+  assert "12 missing key(s): roi_heads.mask_head.0.0.bias" in one_line_error(
+      interop.load_torchvision_detector, without_masks, MASK_ARCH)
+
+
+def separate_mask_logits(torch, model, images):
+  """Scales torchvision's (random) mask logits to std 2 on its own detections, so that the
+  probabilities are neither saturated nor flat."""
+  with torch.no_grad():
+    image_list, _ = model.transform(list(torch_images(torch, images)))
+    features = model.backbone(image_list.tensors)
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    heads = model.roi_heads
+    pooled = heads.mask_roi_pool(features, [d["boxes"] for d in detections],
+                                 image_list.image_sizes)
+    logits = heads.mask_predictor(heads.mask_head(pooled))
+    heads.mask_predictor.mask_fcn_logits.weight.mul_(2.0 / float(logits.std()))
+
+
+def test_mask_rcnn_detections_and_masks_equal_torchvisions():
+  torch, _ = torchvision_modules()
+  images = textured_images(seed=1)
+  reference = separated_torchvision_detector(torch, 0, images, MASK_ARCH)
+  separate_mask_logits(torch, reference, images)
+  model, variables = interop.load_torchvision_detector(reference.state_dict(), MASK_ARCH)
+  with torch.no_grad():
+    expected = reference(list(torch_images(torch, images)))
+  differences = {}
+  for i, (mine, theirs) in enumerate(zip(detect(model, variables, images), expected)):
+    assert set(mine) == {"boxes", "scores", "labels", "masks"} and len(theirs["scores"]) == 100
+    assert mine["masks"].dtype == np.float32
+    assert mine["masks"].shape == (len(mine["scores"]), 1, HEIGHT, WIDTH)
+    differences[f"detections{i}"] = assert_same_detections(mine, theirs, box_atol=1e-3,
+                                                           score_atol=1e-5)
+    order = one_to_one(mine["boxes"], theirs["boxes"].numpy(), 1e-3,
+                       mine["labels"][None] == theirs["labels"].numpy()[:, None])
+    masks, theirs_masks = mine["masks"][order], theirs["masks"].numpy()
+    boxes = theirs["boxes"].numpy()
+    inside = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1).sum()
+    assert 0.1 < np.sum(theirs_masks > 0.5) / inside < 0.9    # neither empty nor full boxes
+    differences[f"masks{i}"] = float(np.max(np.abs(masks - theirs_masks)))
+    np.testing.assert_allclose(masks, theirs_masks, rtol=0, atol=1e-4)
+  print("max differences:", differences)

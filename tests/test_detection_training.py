@@ -115,9 +115,9 @@ def run_train_py(workdir, *flags):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--config.model.detector=mask_rcnn"],
-     "error: config.model.detector='mask_rcnn' is not allowed: it must be one of 'faster_rcnn', "
-     "'cascade_rcnn'."),
+    (["--config.model.detector=retinanet"],
+     "error: config.model.detector='retinanet' is not allowed: it must be one of 'faster_rcnn', "
+     "'cascade_rcnn', 'mask_rcnn', 'cascade_mask_rcnn'."),
     (["--config.dataset.box_convention=torchvision"],
      "error: config.dataset.box_convention='torchvision' differs from "
      "config.model.convention='mmdet_v1'; set both to the same value."),

@@ -1,6 +1,7 @@
-"""The paper's detection recipe, shared by the Table 6 configs (paper p. 7, "Implementation
-details"; mmdetection v1.0's configs/faster_rcnn_r101_fpn_1x.py and cascade_rcnn_r101_fpn_1x.py
-for everything the paper leaves to "the default settings of the mmdetection framework").
+"""The paper's detection recipe, shared by the Table 6 and 7 configs (paper p. 7, "Implementation
+details"; mmdetection v1.0's configs/faster_rcnn_r101_fpn_1x.py, cascade_rcnn_r101_fpn_1x.py,
+mask_rcnn_r101_fpn_1x.py and cascade_mask_rcnn_r101_fpn_1x.py for everything the paper leaves to
+"the default settings of the mmdetection framework").
 
 ResNet-101 FPN backbone initialised from an ImageNet export of the same backbone (`init_from`,
 its classifier skipped), stem and layer1 frozen (the paper's "c1 and c2"), BatchNorm statistics
@@ -12,9 +13,11 @@ or portrait (1344, 800) canvas. 12 epochs of SGD (momentum 0.9, weight decay 1e-
 image), linear warm-up over 500 steps from 1/3, x0.1 at the start of the 9th and 12th epochs,
 gradients clipped at global norm 35. RPN: 256 anchors per image, half positive, smooth L1 beta
 1/9; R-CNN: 512 RoIs, a quarter positive, smooth L1 beta 1; test: 1000 proposals, score >= 0.05,
-per-class NMS 0.5, 100 detections per image. mmdetection v1's box conventions throughout.
+per-class NMS 0.5, 100 detections per image. Mask R-CNN and Cascade Mask R-CNN add a mask head
+per stage (RoIAlign 14x14, four 3x3 convolutions of 256, 28x28 per-class masks from the positive
+RoIs, binarised at 0.5 when pasted). mmdetection v1's box and mask conventions throughout.
 
-Data and backbone for the Table 6 configs (COCO 2017 in $COCO as downloaded: annotations/,
+Data and backbone for the Table 6 and 7 configs (COCO 2017 in $COCO as downloaded: annotations/,
 train2017/, val2017/; $IMAGENET_EXPORT an export of the ImageNet-trained backbone of the same kind,
 e.g. `python train.py --config=configs/lct_resnet101.py` then `python -m lct_flax.export`):
   python -m lct_flax.detection.data --dataset=coco_instances/2017 --manual_dir=$COCO \
@@ -35,11 +38,13 @@ def get_config(detector: str = "faster_rcnn", attention: str = "none",
       "attention": attention,
       "attention_kwargs": ml_collections.ConfigDict(attention_kwargs),
       "width": 1.0,
-      "detector": detector,               # "faster_rcnn" | "cascade_rcnn"
+      "detector": detector,  # "faster_rcnn" | "cascade_rcnn" | "mask_rcnn" | "cascade_mask_rcnn"
       "convention": "mmdet_v1",           # box arithmetic of the paper's framework
       "fpn_channels": 256,
       "fc_hidden": 1024,
   })
+  if detector in ("mask_rcnn", "cascade_mask_rcnn"):
+    config.model.mask_hidden = 256        # FCNMaskHead conv_out_channels
   config.dataset = data_config.default_dataset_config("coco_instances/2017")
 
   config.batch_size = 4                   # global: the paper's 4 GPUs x 1 image

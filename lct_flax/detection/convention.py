@@ -17,6 +17,7 @@ import math
 from lct_flax.detection import anchors
 from lct_flax.detection import boxes as boxes_lib
 from lct_flax.detection import losses
+from lct_flax.detection import masks
 from lct_flax.detection import roi_align
 from lct_flax.detection import targets
 
@@ -80,6 +81,19 @@ class Convention:
     "torchvision" by the number of sampled anchors (rpn.py compute_loss).
   rcnn_smooth_l1_beta: the R-CNN box loss's smooth L1 beta: 1.0 in mmdet v1's configs
     (configs/faster_rcnn_r101_fpn_1x.py), 1/9 in torchvision (roi_heads.py fastrcnn_loss).
+  mask_target: how Mask R-CNN's 28x28 targets come from a positive RoI and its instance mask
+    (`masks.mask_targets`): "mmdet_v1" crops the mask with the RoI truncated to integers
+    (x2 - x1 + 1 pixels), resizes the crop bilinearly (cv2 INTER_LINEAR) and rounds it to 0/1
+    (mmdet/core/mask/mask_target.py); "torchvision" RoIAligns the mask (aligned=False, scale 1)
+    into soft targets (roi_heads.py project_masks_on_boxes), with a fixed 2x2 sampling grid per
+    bin where torchvision's roi_align default takes ceil(RoI side / 28), which static shapes
+    cannot have.
+  mask_paste: how a detection's 28x28 mask probabilities go into the image
+    (`segmentation.paste_masks`): "mmdet_v1" truncates the box to integers and resizes the
+    probabilities bilinearly to its x2 - x1 + 1 by y2 - y1 + 1 pixels (mask_heads/
+    fcn_mask_head.py get_seg_masks); "torchvision" pads them with one zero pixel, scales the box
+    by 30/28 about its centre, truncates and resizes (roi_heads.py paste_masks_in_image). Both
+    binarise at 0.5 for COCO (mmdet's mask_thr_binary; torchvision's reference evaluation).
   """
   box_offset: float
   anchor_geometry: str
@@ -95,6 +109,8 @@ class Convention:
   first_label: int
   rpn_loss_normalisation: str
   rcnn_smooth_l1_beta: float
+  mask_target: str
+  mask_paste: str
 
   def __post_init__(self):
     for name, value, allowed in (
@@ -104,7 +120,9 @@ class Convention:
         ("low_quality_matches", self.low_quality_matches, FRAMEWORKS),
         ("gt_proposals", self.gt_proposals, targets.GT_PROPOSALS),
         ("group_nms", self.group_nms, boxes_lib.GROUP_NMS),
-        ("rpn_loss_normalisation", self.rpn_loss_normalisation, losses.RPN_NORMALISATIONS)):
+        ("rpn_loss_normalisation", self.rpn_loss_normalisation, losses.RPN_NORMALISATIONS),
+        ("mask_target", self.mask_target, masks.MASK_TARGETS),
+        ("mask_paste", self.mask_paste, FRAMEWORKS)):
       if value not in allowed:
         raise ValueError(f"Convention.{name} {value!r} is unknown; choose one of {allowed}.")
     if self.box_offset not in (0.0, 1.0):
@@ -118,7 +136,7 @@ class Convention:
                gt_proposals="mmdet_v1", rpn_allowed_border=0.0,
                clamp_deltas_below=True, min_proposal_size=0.0, min_detection_size=0.0,
                group_nms="exact", first_label=0, rpn_loss_normalisation="mmdet_v1",
-               rcnn_smooth_l1_beta=1.0)
+               rcnn_smooth_l1_beta=1.0, mask_target="mmdet_v1", mask_paste="mmdet_v1")
 
   @classmethod
   def torchvision(cls) -> "Convention":
@@ -128,7 +146,8 @@ class Convention:
                gt_proposals="torchvision", rpn_allowed_border=-1.0, clamp_deltas_below=False,
                min_proposal_size=1e-3, min_detection_size=1e-2,
                group_nms="coordinate_trick", first_label=1,
-               rpn_loss_normalisation="torchvision", rcnn_smooth_l1_beta=1.0 / 9.0)
+               rpn_loss_normalisation="torchvision", rcnn_smooth_l1_beta=1.0 / 9.0,
+               mask_target="torchvision", mask_paste="torchvision")
 
   def box_coder(self, stds=(1.0, 1.0, 1.0, 1.0),
                 means=(0.0, 0.0, 0.0, 0.0)) -> boxes_lib.BoxCoder:

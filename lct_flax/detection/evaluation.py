@@ -1,10 +1,12 @@
-"""COCO box AP of a detector over every image of a split exactly once: the periodic evaluation of
-training (`detection.task`) and of exports (`python -m lct_flax.evaluate --export=...`).
+"""COCO box AP (and a Mask R-CNN's mask AP) of a detector over every image of a split exactly once:
+the periodic evaluation of training (`detection.task`) and of exports (`python -m lct_flax.evaluate
+--export=...`).
 
 Eval batches (`data.create_eval_iterator`: every image once across processes, padding masked)
 are detected by the compiled `training.detect_step` (one program per canvas), each process's
-detections are collected with their image ids and scales, and `coco_eval.CocoEvaluator` gathers
-them on process 0, writes the COCO results JSON and runs COCOeval.
+detections are collected with their image ids and scales (masks pasted into the original images
+and RLE-encoded on the host), and `coco_eval.CocoEvaluator` gathers them on process 0, writes the
+COCO results JSONs and runs COCOeval bbox (and segm).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def compile_detect_step(model: Any, mesh: Any) -> Callable:
 def coco_evaluate(dataset_config: ml_collections.ConfigDict, variables: dict, detect_step: Callable,
                   mesh: Any, *, global_batch_size: int,
                   results_path: Optional[str] = None) -> dict:
-  """{"AP", "AP50", "AP75", "APs", "APm", "APl"} (fractions) of `variables` on the eval split;
-  every process calls it. `detect_step` is `compile_detect_step(model, mesh)`."""
+  """{"AP", "AP50", "AP75", "APs", "APm", "APl"} (fractions) of `variables` on the eval split,
+  with masks also "segm_AP" ... "segm_APl"; every process calls it. `detect_step` is
+  `compile_detect_step(model, mesh)`."""
   from lct_flax.detection import coco_eval  # TensorFlow and pycocotools
   from lct_flax.detection import data
 
@@ -48,8 +51,9 @@ def coco_evaluate(dataset_config: ml_collections.ConfigDict, variables: dict, de
 def evaluate_export(export_dir: str, model: Any, variables: dict,
                     config: ml_collections.ConfigDict, *, split: Optional[str] = None,
                     data_dir: Optional[str] = None, batch_size: Optional[int] = None) -> dict:
-  """COCO box AP of a detector export on its dataset's eval split (or `split`), with the result
-  record `python -m lct_flax.evaluate` writes; the COCO results JSON goes beside the export."""
+  """COCO box (and mask) AP of a detector export on its dataset's eval split (or `split`), with
+  the result record `python -m lct_flax.evaluate` writes; the COCO results JSONs go beside the
+  export."""
   from lct_flax.detection import data
 
   dataset_config = ml_collections.ConfigDict(config.dataset.to_dict())
@@ -79,9 +83,22 @@ def evaluate_export(export_dir: str, model: Any, variables: dict,
           "model": config.model.to_dict()}
 
 
+COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def describe_columns(metrics: dict, prefix: str = "") -> str:
+  """The six columns of Tables 6-7 in percent ("-" where the split has no object of that size)
+  of `metrics[prefix + column]`: the box ones, and with masks (prefix "segm_") the mask ones."""
+  def percent(value):
+    return f"{100 * value:.1f}" if value >= 0 else "-"
+  lines = []
+  for kind, key in (("bbox", prefix), ("segm", f"{prefix}segm_")):
+    if f"{key}AP" in metrics:
+      lines.append(f"{kind}  " + "  ".join(f"{c} {percent(metrics[key + c])}" for c in COLUMNS))
+  return "  |  ".join(lines)
+
+
 def format_result(result: dict) -> str:
-  """Table 6's columns in percent, as the paper prints them."""
-  columns = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-  values = "  ".join(f"{c} {100 * result[c]:.1f}" if result[c] >= 0 else f"{c} -"
-                     for c in columns)
-  return f"{result['dataset']}:{result['split']}  bbox  {values}  ({result['count']} images)"
+  """Table 6's columns (and a Mask R-CNN's Table 7 columns) in percent, as the paper prints."""
+  return (f"{result['dataset']}:{result['split']}  {describe_columns(result)}  "
+          f"({result['count']} images)")

@@ -1,7 +1,7 @@
 """`detect`: a detector's detections of uint8 images as NumPy arrays, one dict per image, in
 torchvision's eval-mode output format (models/detection/generalized_rcnn.py: `boxes` (D, 4)
-float32 xyxy, `scores` (D,) float32 in decreasing order, `labels` (D,) int64; only the
-detections kept).
+float32 xyxy, `scores` (D,) float32 in decreasing order, `labels` (D,) int64, and a Mask R-CNN's
+`masks` (D, 1, H, W) float32 probabilities pasted into the image; only the detections kept).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lct_flax.detection import detector
+from lct_flax.detection import segmentation
 
 SIZE_DIVISOR = 32   # the FPN's coarsest stride on C5; both references pad to it
 
@@ -46,17 +47,24 @@ def detect(model: detector.TwoStageDetector, variables: Any,
   (not resized): per image {"boxes": (D, 4) float32 xyxy in input pixels, "scores": (D,)
   float32, decreasing, "labels": (D,) int64 in the source's label ids
   (`Convention.first_label` + class index: torchvision's 1..90 COCO ids for a model from
-  `lct_flax.detection.interop`)}. One compilation per (model, image shape).
+  `lct_flax.detection.interop`)}; a Mask R-CNN's also "masks": (D, 1, H, W) float32 mask
+  probabilities pasted into the image as `Convention.mask_paste` says (> 0.5: the binary masks).
+  One compilation per (model, image shape).
   """
   images = check_images(images)
   detections = jax.device_get(_detections(model, variables, images))
-  first_label = model.settings.convention.first_label
+  convention = model.settings.convention
   results = []
   for i in range(images.shape[0]):
     count = int(np.sum(detections.valid[i]))
+    boxes = np.asarray(detections.boxes[i, :count], np.float32)
     results.append({
-        "boxes": np.asarray(detections.boxes[i, :count], np.float32),
+        "boxes": boxes,
         "scores": np.asarray(detections.scores[i, :count], np.float32),
-        "labels": np.asarray(detections.labels[i, :count], np.int64) + first_label,
+        "labels": np.asarray(detections.labels[i, :count], np.int64) + convention.first_label,
     })
+    if detections.masks is not None:
+      results[-1]["masks"] = segmentation.paste_masks(
+          detections.masks[i, :count], boxes, images.shape[1:3],
+          mode=convention.mask_paste)[:, None]
   return results

@@ -1,5 +1,6 @@
-"""torchvision detection state dicts in and out: `fasterrcnn_resnet50_fpn` (v1) as a
-`TwoStageDetector` with torchvision's convention and eval settings.
+"""torchvision detection state dicts in and out: `fasterrcnn_resnet50_fpn` and
+`maskrcnn_resnet50_fpn` (v1) as `TwoStageDetector`s with torchvision's convention and eval
+settings.
 
 torchvision's Faster R-CNN R-50-FPN (models/detection/faster_rcnn.py) is a ResNet-50 body
 (`backbone.body.*`, torchvision's resnet names, FrozenBatchNorm2d), an FPN with LastLevelMaxPool
@@ -12,9 +13,14 @@ Conv2dNormActivation wrappers since), as the modules' own `_load_from_state_dict
 the newer one is written. fc6 reads a torch RoI feature flattened as (C, 7, 7), ours as NHWC
 (7, 7, C): its input columns are permuted both ways.
 
+Mask R-CNN (models/detection/mask_rcnn.py) adds MaskRCNNHeads (`roi_heads.mask_head.i.0`, four
+3x3 convolutions; `mask_fcn1`..`mask_fcn4` before torchvision 0.13) and MaskRCNNPredictor
+(`roi_heads.mask_predictor.conv5_mask`, a ConvTranspose2d whose (in, out, 2, 2) weight maps to
+`roi_heads.Deconv2x2`'s kernel as a convolution's does, and `mask_fcn_logits`); its mask_roi_pool
+is MultiScaleRoIAlign 14x14 with 2x2 sampling, the box pool's geometry.
+
 The number of classes comes from `cls_score.weight` (91 for COCO; a fine-tuned model's own
-count otherwise). Mask R-CNN (`maskrcnn_resnet50_fpn`, issue 14) adds `roi_heads.mask_head` and
-`roi_heads.mask_predictor` to `_HEAD_NAMES` and its mask settings to `torchvision_detector`.
+count otherwise).
 
 Nothing here imports torch: state dicts may hold torch tensors or NumPy arrays.
 """
@@ -34,7 +40,8 @@ from lct_flax import models
 from lct_flax.detection import detector
 from lct_flax.detection.convention import Convention
 
-ARCHITECTURES = ("fasterrcnn_resnet50_fpn",)
+ARCHITECTURES = ("fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn")
+MASK_ARCHITECTURES = ("maskrcnn_resnet50_fpn",)
 COCO_NUM_CLASSES = 91          # torchvision's COCO detectors: background 0 and ids 1..90
 ROI_SIZE = 7                   # torchvision's box_roi_pool output_size
 MAX_CLASSES_ABOVE_THRESHOLD = 19   # softmax scores > 0.05 that can sum to at most 1
@@ -48,16 +55,21 @@ _HEAD_NAMES = {
     ("box_heads_0", "fc2"): "roi_heads.box_head.fc7",
     ("box_heads_0", "cls"): "roi_heads.box_predictor.cls_score",
     ("box_heads_0", "reg"): "roi_heads.box_predictor.bbox_pred",
+    **{("mask_heads_0", f"conv_{i}"): f"roi_heads.mask_head.{i}.0" for i in range(4)},
+    ("mask_heads_0", "deconv"): "roi_heads.mask_predictor.conv5_mask",
+    ("mask_heads_0", "logits"): "roi_heads.mask_predictor.mask_fcn_logits",
 }
 _FPN_NAMES = {"lateral": "backbone.fpn.inner_blocks", "output": "backbone.fpn.layer_blocks"}
 _BODY = "backbone.body."
 _FC6_WEIGHT = "roi_heads.box_head.fc6.weight"
 _CLS_WEIGHT = "roi_heads.box_predictor.cls_score.weight"
-# Names before torchvision 0.13 -> the current ones (FeaturePyramidNetwork and RPNHead
-# _load_from_state_dict, version < 2).
+# Names before torchvision 0.13 -> the current ones (FeaturePyramidNetwork, RPNHead and
+# MaskRCNNHeads _load_from_state_dict, version < 2).
 _OLD_NAMES = ((re.compile(r"^(backbone\.fpn\.(?:inner|layer)_blocks\.\d+)\.(weight|bias)$"),
                r"\1.0.\2"),
-              (re.compile(r"^(rpn\.head\.conv)\.(weight|bias)$"), r"\1.0.0.\2"))
+              (re.compile(r"^(rpn\.head\.conv)\.(weight|bias)$"), r"\1.0.0.\2"),
+              (re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$"),
+               lambda m: f"roi_heads.mask_head.{int(m.group(1)) - 1}.0.{m.group(2)}"))
 
 
 def torchvision_name(path: tuple[str, ...], ndim: int) -> tuple[str, str]:
@@ -114,7 +126,8 @@ def torchvision_detector(arch: str = "fasterrcnn_resnet50_fpn", *,
                          bn_epsilon: float = 0.0) -> detector.TwoStageDetector:
   """The `TwoStageDetector` of torchvision's `arch` with `num_classes` classes (background
   included, as torchvision counts them), torchvision's convention and its FasterRCNN defaults
-  (models/detection/faster_rcnn.py FasterRCNN.__init__, rpn.py, roi_heads.py):
+  (models/detection/faster_rcnn.py FasterRCNN.__init__, rpn.py, roi_heads.py), which MaskRCNN
+  keeps, adding its mask head (mask_rcnn.py: 14x14 RoIs, four convolutions of 256):
 
   * RPN, eval: the best 1000 anchors per level (rpn_pre_nms_top_n_test), boxes with a side
     below 1e-3 dropped (RegionProposalNetwork.min_size), NMS 0.7 within each level
@@ -136,6 +149,7 @@ def torchvision_detector(arch: str = "fasterrcnn_resnet50_fpn", *,
   backbone = models.create_model("resnet50", frozen_stages=1, frozen_bn=True)
   settings = detector.DetectorSettings(
       num_classes=num_classes - 1, convention=Convention.torchvision(),
+      with_masks=arch in MASK_ARCHITECTURES, mask_hidden=256, mask_roi_size=14,
       rpn_train=detector.ProposalSettings(2000, 2000, 2000, 0.7),
       rpn_test=detector.ProposalSettings(1000, 1000, 1000, 0.7),
       score_threshold=0.05, nms_threshold=0.5, max_detections=100,

@@ -12,7 +12,7 @@ NMS runs per class, the best `max_output` are kept.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,12 +78,14 @@ def _top(boxes: jax.Array, scores: jax.Array, count: int):
 
 
 class Detections(NamedTuple):
-  """Final detections of one image, in decreasing score; labels are 0..K-1 (foreground)."""
+  """Final detections of one image, in decreasing score; labels are 0..K-1 (foreground). A Mask
+  R-CNN adds each detection's mask probabilities for its class (`TwoStageDetector.__call__`)."""
   boxes: jax.Array           # (max_output, 4)
   scores: jax.Array          # (max_output,)
   labels: jax.Array          # (max_output,) int32
   valid: jax.Array           # (max_output,) bool
   num_candidates: jax.Array  # () int32 pairs above the score threshold (exact if <= max_candidates)
+  masks: Optional[jax.Array] = None   # (max_output, 28, 28) float32 in [0, 1], or None
 
 
 def multiclass_nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, *,

@@ -34,7 +34,7 @@ LEVEL_MAPPINGS = ("mmdet_v1", "torchvision")
 DEFAULT_CHUNK = 32
 
 
-def _roi_extent(boxes: jax.Array, scale: jax.Array, mode: str):
+def roi_extent(boxes: jax.Array, scale: jax.Array, mode: str):
   """Start (y, x) and size (h, w) of each RoI on its feature map, per `mode`."""
   boxes = boxes.astype(jnp.float32)
   if mode == "mmdet_v1":
@@ -51,8 +51,8 @@ def _roi_extent(boxes: jax.Array, scale: jax.Array, mode: str):
   return start[:, ::-1], size[:, ::-1]
 
 
-def _sample_points(start: jax.Array, size: jax.Array, output_size: int,
-                   sampling_ratio: int) -> jax.Array:
+def sample_points(start: jax.Array, size: jax.Array, output_size: int,
+                  sampling_ratio: int) -> jax.Array:
   """(R,), (R,) -> (R, output_size * sampling_ratio) sample coordinates along one axis, bin-major,
   as the kernels compute them: start + p * bin + (i + 0.5) * bin / sampling_ratio."""
   bin_size = (size / output_size)[:, None, None]
@@ -62,7 +62,7 @@ def _sample_points(start: jax.Array, size: jax.Array, output_size: int,
   return points.reshape(start.shape[0], -1)
 
 
-def _axis_weights(coords: jax.Array, limit: jax.Array):
+def axis_weights(coords: jax.Array, limit: jax.Array):
   """Bilinear neighbours and weights along one axis of length `limit` (R, 1) for coordinates
   (R, P): (low, high, weight_low, weight_high, inside)."""
   inside = (coords >= -1.0) & (coords <= limit.astype(jnp.float32))
@@ -96,10 +96,10 @@ def _pool_rois(flat: jax.Array, base: jax.Array, height: jax.Array, width: jax.A
                sampling_ratio: int) -> jax.Array:
   """`_pool` of all the RoIs at once."""
   r = base.shape[0]
-  ys = _sample_points(start[:, 0], size[:, 0], output_size, sampling_ratio)
-  xs = _sample_points(start[:, 1], size[:, 1], output_size, sampling_ratio)
-  y_low, y_high, wy_low, wy_high, y_in = _axis_weights(ys, height[:, None])
-  x_low, x_high, wx_low, wx_high, x_in = _axis_weights(xs, width[:, None])
+  ys = sample_points(start[:, 0], size[:, 0], output_size, sampling_ratio)
+  xs = sample_points(start[:, 1], size[:, 1], output_size, sampling_ratio)
+  y_low, y_high, wy_low, wy_high, y_in = axis_weights(ys, height[:, None])
+  x_low, x_high, wx_low, wx_high, x_in = axis_weights(xs, width[:, None])
   inside = (y_in[:, :, None] & x_in[:, None, :]).astype(jnp.float32)
   row_low = base[:, None] + y_low * width[:, None]
   row_high = base[:, None] + y_high * width[:, None]
@@ -133,7 +133,7 @@ def roi_align(features: jax.Array, boxes: jax.Array, box_indices: jax.Array, *,
   matched instances and spatial_scale = Hm / H, this also crops mask targets (issue 14)."""
   _check(output_size, sampling_ratio, chunk)
   b, h, w, c = features.shape
-  start, size = _roi_extent(boxes, jnp.float32(spatial_scale), mode)
+  start, size = roi_extent(boxes, jnp.float32(spatial_scale), mode)
   r = boxes.shape[0]
   base = box_indices.astype(jnp.int32) * (h * w)
   return _pool(features.reshape(b * h * w, c), base, jnp.full((r,), h, jnp.int32),
@@ -183,7 +183,7 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes: jax.Array, *,
   heights = jnp.asarray([f.shape[1] for f in features], jnp.int32)[levels]
   widths = jnp.asarray([f.shape[2] for f in features], jnp.int32)[levels]
   scales = jnp.asarray([1.0 / s for s in strides], jnp.float32)[levels]
-  start, size = _roi_extent(boxes.reshape(-1, 4), scales[:, None], mode)
+  start, size = roi_extent(boxes.reshape(-1, 4), scales[:, None], mode)
   pooled = _pool(flat, image_base + level_base, heights, widths, start, size, output_size,
                  sampling_ratio, chunk)
   return pooled.reshape(n, r, output_size, output_size, c)

@@ -1,4 +1,4 @@
-"""Detection as a task of the shared training loop (`lct_flax.loop`): the paper's Table 6 runs.
+"""Detection as a task of the shared training loop (`lct_flax.loop`): the paper's Tables 6-7 runs.
 
 `detection_task(config, workdir)` builds the detector (`detector.create_detector` from
 `config.model`), its optimizer and schedule (the classification trainer's: SGD with coupled weight
@@ -43,14 +43,18 @@ def create_model(config: ml_collections.ConfigDict,
 
 
 def model_identity(config: ml_collections.ConfigDict, num_classes: int) -> dict:
-  """The config entries that decide the shapes of the saved state."""
+  """The config entries that decide the shapes of the saved state (a mask detector's also its
+  mask head width)."""
   m = config.model
-  return {"task": "detection", "model.name": m.name, "model.attention": m.attention,
-          "model.attention_kwargs": m.attention_kwargs.to_dict(), "model.width": m.width,
-          "model.detector": m.detector, "model.fpn_channels": m.get("fpn_channels", 256),
-          "model.fc_hidden": m.get("fc_hidden", 1024), "num_classes": num_classes,
-          "frozen_stages": config.get("frozen_stages", -1),
-          "frozen_bn": config.get("frozen_bn", False)}
+  identity = {"task": "detection", "model.name": m.name, "model.attention": m.attention,
+              "model.attention_kwargs": m.attention_kwargs.to_dict(), "model.width": m.width,
+              "model.detector": m.detector, "model.fpn_channels": m.get("fpn_channels", 256),
+              "model.fc_hidden": m.get("fc_hidden", 1024), "num_classes": num_classes,
+              "frozen_stages": config.get("frozen_stages", -1),
+              "frozen_bn": config.get("frozen_bn", False)}
+  if m.detector in exporting.MASK_DETECTORS:
+    identity["model.mask_hidden"] = m.get("mask_hidden", 256)
+  return identity
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -162,10 +166,14 @@ def detection_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task
       donate_argnums=(0,))
   p_detect_step = evaluation.compile_detect_step(model, mesh)
 
+  with_masks = model.settings.with_masks
+  train_keys = training.train_keys(model)
+
   def train_batches(start_step: int):
     batches = data.create_train_iterator(config.dataset, global_batch_size=config.batch_size,
-                                         seed=config.seed, start_step=start_step)
-    return (training.device_batch(batch, training.TRAIN_KEYS) for batch in batches)
+                                         seed=config.seed, start_step=start_step,
+                                         with_masks=with_masks)
+    return (training.device_batch(batch, train_keys) for batch in batches)
 
   def evaluate(state: loop.TrainState) -> dict:
     metrics = evaluation.coco_evaluate(
@@ -182,16 +190,14 @@ def detection_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task
       train_batches=train_batches, evaluate=evaluate, describe_eval=describe_eval,
       description=(f"{config.model.detector} {config.model.name} ({config.model.attention}) "
                    f"on {config.dataset.name}"),
-      log_keys=("rpn_cls", "rpn_box", "stage0_cls", "stage0_box", "stage0_accuracy"),
+      log_keys=("rpn_cls", "rpn_box", "stage0_cls", "stage0_box", "stage0_accuracy")
+      + (("stage0_mask",) if with_masks else ()),
       pretrained_path=("backbone",))
 
 
 def describe_eval(metrics: dict) -> str:
-  """Table 6's six columns, in percent ("-" where the split has no object of that size)."""
-  def percent(value):
-    return f"{100 * value:.1f}" if value >= 0 else "-"
-  return "  ".join(f"{name} {percent(metrics[f'eval_{name}'])}"
-                   for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+  """Table 6's six columns (box AP), and a Mask R-CNN's Table 7 columns (mask AP), in percent."""
+  return evaluation.describe_columns(metrics, prefix="eval_")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,

@@ -18,7 +18,13 @@ from lct_flax.detection import detector as detector_lib
 
 # The batch fields the device needs; the rest (image ids, scales, original shapes) stay on the host.
 TRAIN_KEYS = ("image", "image_shape", "boxes", "labels", "valid")
+MASK_TRAIN_KEYS = TRAIN_KEYS + ("masks",)
 EVAL_KEYS = ("image", "image_shape")
+
+
+def train_keys(model: detector_lib.TwoStageDetector) -> tuple:
+  """The train batch fields `model`'s losses read (a Mask R-CNN's also the instance masks)."""
+  return MASK_TRAIN_KEYS if model.settings.with_masks else TRAIN_KEYS
 
 
 def device_batch(batch: dict, keys: tuple) -> dict:
@@ -28,7 +34,7 @@ def device_batch(batch: dict, keys: tuple) -> dict:
 def train_step(state: Any, batch: dict, *, model: detector_lib.TwoStageDetector,
                optimizer: optax.GradientTransformation,
                param_labels: Any = None) -> tuple[Any, dict]:
-  """One step on a global batch: the detector's losses (RPN + R-CNN stages), their gradient
+  """One step on a global batch: the detector's losses (RPN + R-CNN stages + masks), their gradient
   (frozen parameters' never computed), the optimizer update. Metrics: `loss`, each loss part,
   `grad_norm` (before clipping) and `finite` for the loop's NaN guard."""
   key = jax.random.fold_in(state.rng, state.step)
@@ -53,10 +59,13 @@ def train_step(state: Any, batch: dict, *, model: detector_lib.TwoStageDetector,
 
 def detect_step(variables: dict, batch: dict, *, model: detector_lib.TwoStageDetector) -> dict:
   """Detections of an eval batch: boxes (B, D, 4) in resized-image pixels, scores, labels
-  (0..K-1), valid (B, D)."""
+  (0..K-1), valid (B, D), and a Mask R-CNN's masks (B, D, 28, 28) probabilities."""
   detections = model.apply(variables, batch["image"], batch["image_shape"])
-  return {"boxes": detections.boxes, "scores": detections.scores, "labels": detections.labels,
-          "valid": detections.valid}
+  outputs = {"boxes": detections.boxes, "scores": detections.scores,
+             "labels": detections.labels, "valid": detections.valid}
+  if detections.masks is not None:
+    outputs["masks"] = detections.masks
+  return outputs
 
 
 def backbone_labels(params: Any, *, frozen_stages: int, frozen_bn: bool) -> Any:

@@ -83,6 +83,13 @@ def results_xywh(xyxy, scale_yx, convention: BoxConvention) -> np.ndarray:
   return np.concatenate([boxes[:, :2], sizes], axis=1)
 
 
+def kept_annotations(objects) -> np.ndarray:
+  """bool (A,): the annotations of a record's ``objects`` that are not degenerate
+  (``coco_layout.degenerate``); they fill an image's instance slots in this order."""
+  bbox = np.asarray(objects["bbox"], np.float64).reshape(-1, 4)
+  return ~coco_layout.degenerate(bbox, objects["area"])
+
+
 def image_instances(objects, *, scale_yx, resized, flip: bool, convention: BoxConvention,
                     max_instances: int) -> dict:
   """The instance fields of one train image, padded to ``max_instances``.
@@ -93,7 +100,7 @@ def image_instances(objects, *, scale_yx, resized, flip: bool, convention: BoxCo
   (M,) (real non-crowd instances) and ``crowd`` bool (M,) (real crowd instances).
   """
   bbox = np.asarray(objects["bbox"], np.float64).reshape(-1, 4)
-  keep = ~coco_layout.degenerate(bbox, objects["area"])
+  keep = kept_annotations(objects)
   count = int(keep.sum())
   if count > max_instances:
     raise ValueError(f"{count} instances exceed max_instances={max_instances}")
