@@ -22,8 +22,8 @@ Written to OUT_DIR: `fig3_attention_context.png` (one column per stage: attentio
 before/after below; with --compare both models overlaid), `fig4_context_variation.png`, with
 --all_blocks also `fig3_attention_context_stageS.png` / `fig4_context_variation_stageS.png` (one
 column per block of stage S; stages are numbered as in the paper, the stem being stage 1, so
-`layer1_*` is stage 2 and ResNet-50's last stage is stage 5), `stats.json` (everything, per model and block) and `stats.csv`
-(one row per model, block and channel, in sorted order).
+`layer1_*` is stage 2 and ResNet-50's last stage is stage 5), `stats.json` (everything, per model
+and block) and `stats.csv` (one row per model, block and channel, in sorted order).
 
 The contexts are captured with `flax.linen.intercept_methods` around the attention modules'
 `gate` (context in, attention out; the context after the block is context x attention, as the
@@ -301,17 +301,16 @@ def write_csv(path: str, results: Sequence[ModelStats]) -> None:
 
 
 def _figure(columns: int, rows: int):
-  import matplotlib
-  matplotlib.use("Agg", force=True)
-  from matplotlib import pyplot as plt
-  fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
-  return plt, fig, axes
+  """A figure of its own, outside pyplot: the process's matplotlib backend (a notebook's inline
+  one) is neither needed nor changed, and nothing is left open."""
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(3.2 * columns, 2.6 * rows))
+  return fig, fig.subplots(rows, columns, squeeze=False)
 
 
-def _save_figure(plt, fig, path: str) -> None:
+def _save_figure(fig, path: str) -> None:
   fig.tight_layout()
   fileio.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-  plt.close(fig)
 
 
 def _title(block: BlockStats) -> str:
@@ -321,7 +320,7 @@ def _title(block: BlockStats) -> str:
 def plot_fig3(path: str, results: Sequence[ModelStats], names: Sequence[str]) -> None:
   """Top row: attention per channel; bottom: context before (solid) and after (dashed); channels
   sorted by context before. One column per block; models overlaid."""
-  plt, fig, axes = _figure(len(names), 2)
+  fig, axes = _figure(len(names), 2)
   for column, name in enumerate(names):
     for i, result in enumerate(results):
       block = result.blocks[name]
@@ -342,13 +341,13 @@ def plot_fig3(path: str, results: Sequence[ModelStats], names: Sequence[str]) ->
       ax.tick_params(labelsize=7)
   axes[0, 0].legend(fontsize=7, markerscale=3)
   axes[1, 0].legend(fontsize=6)
-  _save_figure(plt, fig, path)
+  _save_figure(fig, path)
 
 
 def plot_fig4(path: str, results: Sequence[ModelStats], names: Sequence[str]) -> None:
   """|context after - context before| per channel (sorted by context before), one column per
   block; models overlaid."""
-  plt, fig, axes = _figure(len(names), 1)
+  fig, axes = _figure(len(names), 1)
   for column, name in enumerate(names):
     ax = axes[0, column]
     for i, result in enumerate(results):
@@ -360,7 +359,7 @@ def plot_fig4(path: str, results: Sequence[ModelStats], names: Sequence[str]) ->
     ax.set_ylabel("|after - before|", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6)
-  _save_figure(plt, fig, path)
+  _save_figure(fig, path)
 
 
 def write_outputs(output_dir: str, results: Sequence[ModelStats]) -> list[str]:

@@ -53,9 +53,22 @@ def direct_block_averages(export_dir, block, max_examples, batch_size=64):
   return before.shape[0], before.mean(0), after.mean(0), attention.mean(0)
 
 
-def test_numbers_equal_a_direct_computation(tiny_demo_export, tmp_path):
+@pytest.fixture
+def pyplot_on_svg():
+  """pyplot switched to a backend other than Agg (as a notebook's inline one), then back."""
+  import matplotlib
+  from matplotlib import pyplot as plt
+  previous = matplotlib.get_backend()
+  plt.switch_backend("svg")
+  yield plt
+  plt.switch_backend(previous)
+
+
+def test_numbers_equal_a_direct_computation(tiny_demo_export, tmp_path, pyplot_on_svg):
   out = str(tmp_path / "analysis")
   results, paths = analysis.run_analysis(tiny_demo_export, out, max_examples=100, progress=False)
+  # The figures are drawn outside pyplot: its backend is kept and no figure is left open.
+  assert pyplot_on_svg.get_backend() == "svg" and pyplot_on_svg.get_fignums() == []
   assert sorted(os.listdir(out)) == ["fig3_attention_context.png", "fig4_context_variation.png",
                                      "stats.csv", "stats.json"]
   assert set(paths) == {os.path.join(out, n) for n in os.listdir(out)}
