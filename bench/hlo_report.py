@@ -178,8 +178,8 @@ def print_times(times: dict, rounds: int) -> None:
   for attention, values in times.items():
     median = statistics.median(values)
     ratio = f"{median / plain:.3f}" if plain else "-"
-    print(f"| {attention} | {1000 * median:.1f} | {1000 * min(values):.1f}-{1000 * max(values):.1f} "
-          f"| {ratio} |")
+    spread = f"{1000 * min(values):.1f}-{1000 * max(values):.1f}"
+    print(f"| {attention} | {1000 * median:.1f} | {spread} | {ratio} |")
 
 
 if __name__ == "__main__":

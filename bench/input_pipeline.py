@@ -40,6 +40,8 @@ import time
 from absl import app
 from absl import flags
 
+from bench import machine
+
 _CLASSES = flags.DEFINE_integer("classes", 16, "Training classes.")
 _PER_CLASS = flags.DEFINE_integer("per_class", 125, "Training images per class.")
 _VAL = flags.DEFINE_integer("val", 1000, "Validation images.")
@@ -58,14 +60,6 @@ PIPELINES = {
     "plain_eval": "plain map, eval (decode_and_crop centre + non-antialiased resize)",
     "ours_train_epochs": "ours, train across 2 epochs (each epoch's pipeline start-up included)",
 }
-
-
-def _cpu_model():
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return "unknown"
 
 
 def _plain_train(config, batch_size):
@@ -196,7 +190,7 @@ def main(argv):
   examples = info.num_train_examples + info.num_eval_examples
   cores = os.cpu_count()
   print(f"\n## Input pipeline, {datetime.date.today().isoformat()}\n")
-  print(f"CPU: {_cpu_model()}, {cores} cores (os.cpu_count()). TensorFlow {tf.__version__}, "
+  print(f"CPU: {machine.cpu_model()}, {cores} cores (os.cpu_count()). TensorFlow {tf.__version__}, "
         f"tensorflow-datasets {tfds.__version__}. Command: "
         f"`{' '.join(['python -m bench.input_pipeline', *sys.argv[1:]])}`.\n")
   print(f"{examples} synthetic JPEGs ({info.num_train_examples} train, {info.num_eval_examples} "

@@ -22,7 +22,7 @@ class Variant:
   model: str
   attention: str
   jitted: Callable          # the jitted step, lowered and compiled again for compile timings
-  step: Callable            # compiled; (state, batch) -> state (train) or (variables, batch) -> sums
+  step: Callable            # compiled: (state, batch) -> state, or (variables, batch) -> sums
   state: object             # donated to the train step and replaced after each call
   lower_times: list         # seconds; the first step's, then one per compile round
   compile_times: list

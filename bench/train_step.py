@@ -87,7 +87,8 @@ def build_variant(model_name: str, attention: str, dtype: str, batch: dict,
 
 def bench_mode(eval_mode: bool, batch: dict) -> None:
   """Builds, times and prints every dtype's variants; one dtype's states live at a time."""
-  kind = "eval forward (`trainer.eval_step`)" if eval_mode else "training step (`trainer.train_step`)"
+  kind = ("eval forward (`trainer.eval_step`)" if eval_mode
+          else "training step (`trainer.train_step`)")
   for dtype in _DTYPES.value:
     variants = [build_variant(m, a, dtype, batch, eval_mode)
                 for m in _MODELS.value for a in _ATTENTIONS.value]

@@ -5,11 +5,12 @@ refuses a config with one line that names the key, the value and what is allowed
 
     config.batch_size=0 is not allowed: it must be an integer >= 1.
 
-The rules are data: `TASK_RULES` maps each task's dotted keys to a rule (`Integer`, `Real`, `Flag`, `Name`,
-`OneOf`, `Numbers`, `Names`, `Text`, `Record`), `ATTENTION_OPTIONS` gives the options of each attention
-block (`model.attention_kwargs`), and `CROSS_CHECKS` relate keys to each other (decay epochs inside
-the run, resize not below the crop, ...). A new config key needs a rule here: a key without one is
-refused as unknown, with the nearest known key suggested, so typos in config files are caught too.
+The rules are data: `TASK_RULES` maps each task's dotted keys to a rule (`Integer`, `Real`, `Flag`,
+`Name`, `OneOf`, `Numbers`, `Names`, `Text`, `Record`), `ATTENTION_OPTIONS` gives the options of
+each attention block (`model.attention_kwargs`), and `CROSS_CHECKS` relate keys to each other
+(decay epochs inside the run, resize not below the crop, ...). A new config key needs a rule here:
+a key without one is refused as unknown, with the nearest known key suggested, so typos in config
+files are caught too.
 Keys marked `required=False` may be absent (the code has a default, or the key is newer than some
 workdirs' config.json).
 """

@@ -241,7 +241,8 @@ def save(output: str, variables: Mapping[str, Any], *, model_config: Mapping[str
   fileio.remove_abandoned_temporaries(parent, os.path.basename(output))  # of a killed export
   tmp = tempfile.mkdtemp(prefix=fileio.temporary_prefix(os.path.basename(output)), dir=parent)
   try:
-    os.chmod(tmp, 0o777 & ~fileio.current_umask())  # mkdtemp makes it private; an export is an ordinary dir
+    # mkdtemp makes it private; an export is an ordinary directory.
+    os.chmod(tmp, 0o777 & ~fileio.current_umask())
     variables_path = os.path.join(tmp, VARIABLES_FILE)
     with open(variables_path, "wb") as f:
       np.savez(f, **flat)

@@ -1,4 +1,5 @@
-"""tfds -> per-process batches: the paper's ImageNet preprocessing, padded exact eval, resumable train.
+"""tfds -> per-process batches: the paper's ImageNet preprocessing, padded exact eval, resumable
+train.
 
 Preprocessing (as in the paper's PyTorch/torchvision recipe):
 

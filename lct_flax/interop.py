@@ -243,7 +243,8 @@ def read_state_dict_file(path: str) -> dict[str, np.ndarray]:
 
 
 def write_state_dict_file(path: str, state_dict: Mapping[str, Any]) -> None:
-  """Writes `state_dict` (name -> array) atomically as `.safetensors` or `.npz` by `path`'s suffix."""
+  """Writes `state_dict` (name -> array) atomically, as `.safetensors` or `.npz` by `path`'s
+  suffix."""
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
 
   arrays = {name: np.array(as_numpy(value), order="C") for name, value in state_dict.items()}

@@ -8,7 +8,8 @@ import tempfile
 import jax
 import pytest
 
-try:  # Where installed (interop tests), before TensorFlow: torchvision's ops crash loading after it.
+# Where installed (interop tests), before TensorFlow: torchvision's ops crash loading after it.
+try:
   import torchvision  # noqa: F401
 except ImportError:
   pass

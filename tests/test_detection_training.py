@@ -72,8 +72,9 @@ def straight(_prepared_shapes, tmp_path_factory):
 
 def test_one_compile_per_canvas_finite_falling_losses_and_coco_eval(straight):
   config, workdir, result, task = straight
-  canvases = {batch["image"].shape[1:3] for _, batch in zip(range(STEPS), data.create_train_iterator(
-      config.dataset, global_batch_size=config.batch_size, seed=config.seed))}
+  batches = data.create_train_iterator(config.dataset, global_batch_size=config.batch_size,
+                                       seed=config.seed)
+  canvases = {batch["image"].shape[1:3] for _, batch in zip(range(STEPS), batches)}
   assert canvases == {(64, 96), (96, 64)}
   assert task.train_step._cache_size() == len(canvases)
   losses = train_losses(workdir)

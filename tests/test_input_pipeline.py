@@ -1,4 +1,5 @@
-"""Input pipeline through the real tfds imagenet2012 builder, prepared from tiny fake ILSVRC tars."""
+"""Input pipeline through the real tfds imagenet2012 builder, prepared from tiny fake ILSVRC
+tars."""
 
 import collections
 import functools

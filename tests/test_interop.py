@@ -280,7 +280,8 @@ def test_unexpected_key_raises_when_strict_and_warns_otherwise(tiny, caplog):
 def test_wrong_shape_raises_with_both_shapes(tiny, strict):
   model, _, state_dict = tiny
   state_dict["fc.weight"] = state_dict["fc.weight"].T
-  with pytest.raises(ValueError, match=r"fc\.weight has shape \(64, 10\), the model needs \(10, 64\)"):
+  with pytest.raises(ValueError,
+                     match=r"fc\.weight has shape \(64, 10\), the model needs \(10, 64\)"):
     interop.load_torch_state_dict(model, state_dict, strict=strict)
 
 
