@@ -2,6 +2,7 @@
 at 4 images per step), their parameter deltas against the plain backbone, the mask heads' size,
 and the learning rate."""
 
+import functools
 import importlib
 
 import jax
@@ -39,8 +40,10 @@ def load(module):
   return importlib.import_module(f"configs.detection.{module}").get_config()
 
 
-def parameter_count(config):
-  model = detection_task.create_model(config, num_classes=80)
+@functools.lru_cache(maxsize=None)
+def parameter_count(module):
+  """Parameters of a config module's detector at 80 classes (traced abstractly, once per run)."""
+  model = detection_task.create_model(load(module), num_classes=80)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3),
                                                                              jnp.uint8),
                                                 method="init_variables"))
@@ -63,9 +66,9 @@ def test_table6_configs_are_the_papers(module, detector, attention, paper_ap, ad
   if attention == "lct":
     assert config.model.attention_kwargs.to_dict() == {
         "groups": 64, "w_init": 0.0, "b_init": 1.0, "use_norm": True, "use_transform": True}
-  baseline = load("faster_rcnn_r101_fpn_1x" if detector == "faster_rcnn" else
-                  "cascade_rcnn_r101_fpn_1x")
-  assert parameter_count(config) - parameter_count(baseline) == added
+  baseline = ("faster_rcnn_r101_fpn_1x" if detector == "faster_rcnn" else
+              "cascade_rcnn_r101_fpn_1x")
+  assert parameter_count(module) - parameter_count(baseline) == added
 
 
 @pytest.mark.parametrize("module,detector,attention,mask_ap,box_ap,added", TABLE7)
@@ -78,19 +81,20 @@ def test_table7_configs_are_the_papers(module, detector, attention, mask_ap, box
   assert (config.model.name, config.model.detector, config.model.attention) == (
       "resnet101", detector, attention)
   assert config.model.mask_hidden == 256
-  box_config = load(module.replace("cascade_mask_", "cascade_").replace(   # Table 6's row
-      "mask_rcnn", "faster_rcnn"))                                       # without masks
+  box_module = module.replace("cascade_mask_", "cascade_").replace(   # Table 6's row
+      "mask_rcnn", "faster_rcnn")                                     # without masks
+  box_config = load(box_module)
   for key in ("batch_size", "num_epochs", "learning_rate", "lr_decay_epochs", "warmup_steps",
               "grad_clip_norm", "frozen_stages", "norm_eval", "init_skip"):
     assert config[key] == box_config[key], key
   assert config.dataset.to_dict() == box_config.dataset.to_dict()
   stages = 3 if detector == "cascade_mask_rcnn" else 1
-  assert parameter_count(config) - parameter_count(box_config) == (
+  assert parameter_count(module) - parameter_count(box_module) == (
       stages * FCN_MASK_HEAD_PARAMETERS)
   if attention != "none":
-    baseline = load("mask_rcnn_r101_fpn_1x" if detector == "mask_rcnn" else
-                    "cascade_mask_rcnn_r101_fpn_1x")
-    assert parameter_count(config) - parameter_count(baseline) == added
+    baseline = ("mask_rcnn_r101_fpn_1x" if detector == "mask_rcnn" else
+                "cascade_mask_rcnn_r101_fpn_1x")
+    assert parameter_count(module) - parameter_count(baseline) == added
 
 
 def test_detection_schedule_is_mmdetections_1x():
