@@ -1,22 +1,10 @@
 #!/usr/bin/env bash
-# Mask R-CNN demo: writes the generated shapes dataset in the COCO 2017 directory layout
-# (workdir/shapes_coco; its polygons are the instance masks), prepares it with the real
-# coco_instances tfds builder (workdir/shapes_data), trains the tiny LCT Mask R-CNN of
-# configs/detection/shapes_mask_demo.py from scratch (a few minutes on a 2-core CPU), exports it
-# and evaluates the export with pycocotools' COCOeval (box and mask AP).
-# Running it again resumes (or, when finished, re-evaluates). Extra arguments go to train.py.
+# Mask R-CNN demo: scripts/detection_demo.sh with the tiny LCT Mask R-CNN of
+# configs/detection/shapes_mask_demo.py (the shapes' polygons are its instance masks) in
+# workdir/shapes_mask, from scratch (a few minutes on a 2-core CPU); the export is evaluated with
+# pycocotools' COCOeval, box and mask AP. Running it again resumes (or, when finished,
+# re-evaluates). Extra arguments go to train.py.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
-LAYOUT="${LAYOUT:-workdir/shapes_coco}"
-DATA="${DATA:-workdir/shapes_data}"
-WORKDIR="${WORKDIR:-workdir/shapes_mask}"
-if [[ ! -f "$LAYOUT/annotations/instances_val2017.json" ]]; then
-  .venv/bin/python -m lct_flax.datasets.coco_shapes --output="$LAYOUT"
-fi
-.venv/bin/python -m lct_flax.detection.data --dataset=coco_instances/shapes \
-    --manual_dir="$LAYOUT" --data_dir="$DATA"
-.venv/bin/python train.py --config=configs/detection/shapes_mask_demo.py --workdir="$WORKDIR" \
-    --config.dataset.data_dir="$DATA" --config.dataset.manual_dir="$LAYOUT" "$@"
-.venv/bin/python -m lct_flax.export --workdir="$WORKDIR" --output="$WORKDIR/export" --overwrite
-.venv/bin/python -m lct_flax.evaluate --export="$WORKDIR/export"
+CONFIG=configs/detection/shapes_mask_demo.py WORKDIR="${WORKDIR:-workdir/shapes_mask}" \
+    exec bash scripts/detection_demo.sh "$@"
