@@ -2,8 +2,11 @@
 layout, through the real builder, pipeline, loop, checkpoints and COCOeval: one compile per
 canvas, finite and falling losses, exact resume mid-epoch, results JSON, and the refusals."""
 
+import dataclasses
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -153,3 +156,21 @@ def test_export_of_a_detector_evaluates_as_training_did(straight, tmp_path):
     assert evaluated[column] == pytest.approx(result[f"eval_{column}"], abs=1e-9)
   assert json.load(open(evaluated["results"])) == json.load(
       open(workdir / f"detections_{STEPS}.json"))
+
+
+def test_pairs_beyond_max_candidates_are_reported_in_one_warning(straight, tmp_path, caplog):
+  from lct_flax import export
+  from lct_flax.detection import evaluation
+  _, workdir, _, _ = straight
+  output = export.export_workdir(str(workdir), str(tmp_path / "export"))
+  model, variables, config = export.load(output)
+  capped = model.clone(settings=dataclasses.replace(model.settings, max_candidates=2))
+  with caplog.at_level(logging.WARNING):
+    evaluation.evaluate_export(output, capped, variables, config, batch_size=2)
+  lines = [r.getMessage() for r in caplog.records if "max_candidates" in r.getMessage()]
+  assert len(lines) == 1, lines
+  count, total = (int(v) for v in re.match(r"(\d+) of (\d+) images", lines[0]).groups())
+  assert total == data.get_dataset_info(config.dataset).num_eval_images and 0 < count <= total
+  assert "than model.max_candidates=2 (up to " in lines[0]
+  evaluation.warn_about_capped_candidates(np.array([3, 64, 7]), 64)   # at the cap: all seen
+  assert len([r for r in caplog.records if "max_candidates" in r.getMessage()]) == 1

@@ -149,7 +149,8 @@ def normalize_images(images: jax.Array, image_shape: jax.Array, mean: Sequence[f
 
 
 class TwoStageDetector(nn.Module):
-  """FPN Faster / Cascade R-CNN; `backbone` is a `models.ResNet` (its classifier is never used)."""
+  """FPN Faster / Cascade R-CNN, with masks Mask / Cascade Mask R-CNN; `backbone` is a
+  `models.ResNet` (its classifier is never used)."""
   backbone: models.ResNet
   settings: DetectorSettings
   dtype: Any = jnp.float32

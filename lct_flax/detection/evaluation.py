@@ -16,8 +16,10 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
 from lct_flax import parallel
 from lct_flax.detection import training
@@ -31,21 +33,41 @@ def compile_detect_step(model: Any, mesh: Any) -> Callable:
 
 
 def coco_evaluate(dataset_config: ml_collections.ConfigDict, variables: dict, detect_step: Callable,
-                  mesh: Any, *, global_batch_size: int,
+                  mesh: Any, *, global_batch_size: int, max_candidates: int,
                   results_path: Optional[str] = None) -> dict:
   """{"AP", "AP50", "AP75", "APs", "APm", "APl"} (fractions) of `variables` on the eval split,
   with masks also "segm_AP" ... "segm_APl"; every process calls it. `detect_step` is
-  `compile_detect_step(model, mesh)`."""
+  `compile_detect_step(model, mesh)`, `max_candidates` its model's cap on the pairs that enter
+  the final NMS: images that exceeded it are counted and reported in one warning line."""
   from lct_flax.detection import coco_eval  # TensorFlow and pycocotools
   from lct_flax.detection import data
 
   data_sharding = parallel.batch_sharding(mesh)
   evaluator = coco_eval.CocoEvaluator(dataset_config)
+  candidates = []
   for batch in data.create_eval_iterator(dataset_config, global_batch_size=global_batch_size):
     device = jax.tree.map(lambda x: jax.make_array_from_process_local_data(data_sharding, x),
                           training.device_batch(batch, training.EVAL_KEYS))
-    evaluator.add(batch, parallel.host_local(detect_step(variables, device), mesh))
+    detections = parallel.host_local(detect_step(variables, device), mesh)
+    candidates.append(np.asarray(detections["num_candidates"])[np.asarray(batch["mask"], bool)])
+    evaluator.add(batch, detections)
+  warn_about_capped_candidates(np.concatenate(candidates or [np.zeros(0, np.int32)]),
+                               max_candidates)
   return evaluator.evaluate(results_path=results_path)
+
+
+def warn_about_capped_candidates(num_candidates: np.ndarray, max_candidates: int) -> None:
+  """One warning line when some images had more (box, class) pairs above the score threshold
+  than the final NMS takes: their lowest-scoring pairs were left out, which mmdetection v1 (no
+  cap) does not do, so the AP may differ from its."""
+  capped = num_candidates > max_candidates
+  if capped.any():
+    logging.warning(
+        "%d of %d images had more (box, class) pairs above the score threshold than "
+        "model.max_candidates=%d (up to %d); their lowest-scoring pairs were left out of the "
+        "final NMS. Raise --config.model.max_candidates to %d to evaluate all of them.",
+        int(capped.sum()), capped.size, max_candidates, int(num_candidates.max()),
+        int(num_candidates.max()))
 
 
 def evaluate_export(export_dir: str, model: Any, variables: dict,
@@ -74,6 +96,7 @@ def evaluate_export(export_dir: str, model: Any, variables: dict,
   metrics = coco_evaluate(dataset_config, jax.device_put(variables,
                                                          parallel.replicated_sharding(mesh)),
                           compile_detect_step(model, mesh), mesh, global_batch_size=batch_size,
+                          max_candidates=model.settings.max_candidates,
                           results_path=results_path)
   return {**metrics, "count": int(info.num_eval_images), "dataset": dataset_config.name,
           "split": dataset_config.eval_split, "data_dir": dataset_config.data_dir,

@@ -178,7 +178,7 @@ def detection_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task
   def evaluate(state: loop.TrainState) -> dict:
     metrics = evaluation.coco_evaluate(
         config.dataset, state.variables, p_detect_step, mesh,
-        global_batch_size=config.batch_size,
+        global_batch_size=config.batch_size, max_candidates=model.settings.max_candidates,
         results_path=os.path.join(workdir, f"detections_{int(state.step)}.json"))
     return {f"eval_{k}": v for k, v in metrics.items()}
 

@@ -59,10 +59,13 @@ def train_step(state: Any, batch: dict, *, model: detector_lib.TwoStageDetector,
 
 def detect_step(variables: dict, batch: dict, *, model: detector_lib.TwoStageDetector) -> dict:
   """Detections of an eval batch: boxes (B, D, 4) in resized-image pixels, scores, labels
-  (0..K-1), valid (B, D), and a Mask R-CNN's masks (B, D, 28, 28) probabilities."""
+  (0..K-1), valid (B, D), num_candidates (B,) (the (box, class) pairs above the score threshold,
+  of which the final NMS saw at most `max_candidates`), and a Mask R-CNN's masks (B, D, 28, 28)
+  probabilities."""
   detections = model.apply(variables, batch["image"], batch["image_shape"])
   outputs = {"boxes": detections.boxes, "scores": detections.scores,
-             "labels": detections.labels, "valid": detections.valid}
+             "labels": detections.labels, "valid": detections.valid,
+             "num_candidates": detections.num_candidates}
   if detections.masks is not None:
     outputs["masks"] = detections.masks
   return outputs
