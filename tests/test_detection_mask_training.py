@@ -12,7 +12,7 @@ from flax import traverse_util
 
 from lct_flax.detection import data
 from lct_flax.detection import task as detection_task
-from test_detection_training import tiny_config, train, train_losses
+from test_detection_training import scalars, tiny_config, train, train_losses, trained
 
 STEPS = 12
 
@@ -29,19 +29,8 @@ def tiny_mask_config(dataset, **overrides):
 
 @pytest.fixture(scope="module")
 def mask_run(_prepared_shapes, tmp_path_factory):
-  config = tiny_mask_config(_prepared_shapes.copy_and_resolve_references())
-  workdir = tmp_path_factory.mktemp("mask_straight")
-  result, task = train(config, workdir)
-  return config, workdir, result, task
-
-
-def scalars(workdir, name):
-  """The TensorBoard scalar `name` of every logged step."""
-  import tensorflow as tf
-  from tensorboard.backend.event_processing import event_accumulator
-  acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
-  acc.Reload()
-  return [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(name)]
+  return trained(tiny_mask_config(_prepared_shapes.copy_and_resolve_references()),
+                 tmp_path_factory, "mask_straight")
 
 
 def test_mask_rcnn_compiles_once_per_canvas_its_mask_loss_falls_and_it_scores_masks(mask_run):

@@ -57,20 +57,30 @@ def train(config, workdir):
   return loop.run(make_task, str(workdir)), built[0]
 
 
-def train_losses(workdir):
+def trained(config, tmp_path_factory, name):
+  """(config, workdir, result, task) of a run of `config` in a fresh workdir called `name`."""
+  workdir = tmp_path_factory.mktemp(name)
+  result, task = train(config, workdir)
+  return config, workdir, result, task
+
+
+def scalars(workdir, name):
+  """The TensorBoard scalar `name` of every logged step."""
   import tensorflow as tf
   from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
   acc.Reload()
-  return [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("train_loss")]
+  return [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(name)]
+
+
+def train_losses(workdir):
+  return scalars(workdir, "train_loss")
 
 
 @pytest.fixture(scope="module")
 def straight(_prepared_shapes, tmp_path_factory):
-  config = tiny_config(_prepared_shapes.copy_and_resolve_references())
-  workdir = tmp_path_factory.mktemp("detection_straight")
-  result, task = train(config, workdir)
-  return config, workdir, result, task
+  return trained(tiny_config(_prepared_shapes.copy_and_resolve_references()), tmp_path_factory,
+                 "detection_straight")
 
 
 def test_one_compile_per_canvas_finite_falling_losses_and_coco_eval(straight):
