@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -54,6 +55,23 @@ class TrainState:
   @property
   def variables(self) -> dict:
     return {"params": self.params, "batch_stats": self.batch_stats}
+
+  @classmethod
+  def create(cls, variables: dict, optimizer: optax.GradientTransformation,
+             rng: jax.Array) -> "TrainState":
+    """The state at step 0 of freshly initialised model `variables`."""
+    params = variables["params"]
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               batch_stats=variables.get("batch_stats", {}), opt_state=optimizer.init(params),
+               rng=rng)
+
+
+def abstract_state_of(init_state: Callable[[], TrainState], mesh: Any) -> TrainState:
+  """Shapes, dtypes and (replicated) shardings of the state `init_state()` creates, without
+  creating it: what a checkpoint is restored into."""
+  replicated = parallel.replicated_sharding(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                      jax.eval_shape(init_state))
 
 
 @dataclasses.dataclass(frozen=True)

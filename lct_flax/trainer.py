@@ -28,6 +28,7 @@ from lct_flax import models
 from lct_flax import parallel
 from lct_flax import pixels
 from lct_flax.loop import TrainState, TrainingError, checkpointer_for  # noqa: F401  (re-exported)
+from lct_flax.loop import abstract_state_of
 
 
 
@@ -63,7 +64,7 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
   The warm-up lasts `warmup_steps` (when > 0) or `warmup_epochs` and rises linearly from
   `warmup_ratio` x lr (default 0) to lr: mmcv's linear warm-up (mmdetection: 500 steps from 1/3).
   """
-  total_steps = _total_steps(config, steps_per_epoch)
+  total = total_steps(config, steps_per_epoch)
   warmup_steps = (config.get("warmup_steps", 0)
                   or int(round(config.warmup_epochs * steps_per_epoch)))
   if config.schedule == "step":
@@ -72,7 +73,7 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
         {int(e * steps_per_epoch) - warmup_steps: config.lr_decay_factor
          for e in config.lr_decay_epochs})
   elif config.schedule == "cosine":
-    main = optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps - warmup_steps))
+    main = optax.cosine_decay_schedule(config.learning_rate, max(1, total - warmup_steps))
   else:
     raise ValueError(f"unknown schedule {config.schedule!r}; use 'step' or 'cosine'.")
   if warmup_steps == 0:
@@ -94,7 +95,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
       optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
 
 
-def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """num_train_steps when set, else num_epochs of `steps_per_epoch` steps."""
   if config.num_train_steps > 0:
     return config.num_train_steps
   return config.num_epochs * steps_per_epoch
@@ -107,11 +109,8 @@ def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int
 def init_state(model: models.ResNet, optimizer: optax.GradientTransformation, seed: int,
                image_shape: tuple[int, ...]) -> TrainState:
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  variables = model.init(init_rng, jnp.zeros((1, *image_shape)), train=False)
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=optimizer.init(params),
-                    rng=rng)
+  return TrainState.create(model.init(init_rng, jnp.zeros((1, *image_shape)), train=False),
+                           optimizer, rng)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -241,9 +240,7 @@ class Experiment:
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the TrainState, without creating it."""
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
-        jax.eval_shape(self.init_fn()))
+    return abstract_state_of(self.init_fn(), self.mesh)
 
 
 def build_experiment(config: ml_collections.ConfigDict, *, num_classes: Optional[int] = None,
@@ -269,7 +266,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, num_classes: Optional
     optimizer = freezing.partition_optimizer(optimizer, param_labels)
   return Experiment(config=config, mesh=mesh, num_classes=num_classes,
                     steps_per_epoch=steps_per_epoch,
-                    total_steps=_total_steps(config, steps_per_epoch), model=model,
+                    total_steps=total_steps(config, steps_per_epoch), model=model,
                     schedule=schedule, optimizer=optimizer, param_labels=param_labels)
 
 

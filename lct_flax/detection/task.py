@@ -70,12 +70,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def init_state(model: detector_lib.TwoStageDetector, optimizer: Any, seed: int,
                canvas: tuple) -> loop.TrainState:
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  variables = model.init(init_rng, jnp.zeros((1, *canvas, 3), jnp.uint8),
-                         method="init_variables")
-  params = variables["params"]
-  return loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                         batch_stats=variables.get("batch_stats", {}),
-                         opt_state=optimizer.init(params), rng=rng)
+  return loop.TrainState.create(model.init(init_rng, jnp.zeros((1, *canvas, 3), jnp.uint8),
+                                           method="init_variables"), optimizer, rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +93,7 @@ class Experiment:
     return parallel.replicated_sharding(self.mesh)
 
   def abstract_state(self) -> loop.TrainState:
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
-        jax.eval_shape(self.init_fn))
+    return loop.abstract_state_of(self.init_fn, self.mesh)
 
 
 def build_experiment(config: ml_collections.ConfigDict, *, num_classes: int,
@@ -107,8 +101,6 @@ def build_experiment(config: ml_collections.ConfigDict, *, num_classes: int,
   """The detector, schedule, optimizer (frozen parameters partitioned out) and compiled init."""
   check_config(config)
   mesh = parallel.create_mesh()
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else config.num_epochs * steps_per_epoch)
   schedule = trainer.create_learning_rate_schedule(config, steps_per_epoch)
   model = create_model(config, num_classes)
   optimizer = trainer.create_optimizer(config, schedule)
@@ -123,7 +115,8 @@ def build_experiment(config: ml_collections.ConfigDict, *, num_classes: int,
   init_fn = jax.jit(functools.partial(init_state, model, optimizer, config.seed, canvas),
                     out_shardings=parallel.replicated_sharding(mesh))
   return Experiment(config=config, mesh=mesh, num_classes=num_classes,
-                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, model=model,
+                    steps_per_epoch=steps_per_epoch,
+                    total_steps=trainer.total_steps(config, steps_per_epoch), model=model,
                     schedule=schedule, optimizer=optimizer, param_labels=param_labels,
                     init_fn=init_fn)
 
