@@ -1,6 +1,6 @@
 """Mask R-CNN on the shared loop (issue 14): a tiny LCT Mask R-CNN on the generated shapes COCO
 layout through the real builder, the pipeline's bit-packed instance masks, the loop, checkpoints
-and COCOeval bbox + segm: one compile per canvas, a finite and falling mask loss, exact resume
+and COCOeval bbox + segm: one compile per canvas, finite losses, a mask loss that descends, exact resume
 mid-epoch, and an export that evaluates (box and mask AP) as training did."""
 
 import json
@@ -12,7 +12,8 @@ from flax import traverse_util
 
 from lct_flax.detection import data
 from lct_flax.detection import task as detection_task
-from test_detection_training import scalars, tiny_config, train, train_losses, trained
+from test_detection_training import (assert_descends, descent, scalars, tiny_config, train,
+                                     train_losses, trained)
 
 STEPS = 12
 
@@ -33,7 +34,7 @@ def mask_run(_prepared_shapes, tmp_path_factory):
                  tmp_path_factory, "mask_straight")
 
 
-def test_mask_rcnn_compiles_once_per_canvas_its_mask_loss_falls_and_it_scores_masks(mask_run):
+def test_mask_rcnn_compiles_once_per_canvas_trains_finite_and_scores_masks(mask_run):
   config, workdir, result, task = mask_run
   batches = [batch for _, batch in zip(range(STEPS), data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed, with_masks=True))]
@@ -44,7 +45,6 @@ def test_mask_rcnn_compiles_once_per_canvas_its_mask_loss_falls_and_it_scores_ma
         2, config.dataset.max_instances, *b["image"].shape[1:2], b["image"].shape[2] // 8)
   mask_losses = scalars(workdir, "train_stage0_mask")
   assert len(mask_losses) == STEPS and np.all(np.isfinite(mask_losses))
-  assert np.mean(mask_losses[-4:]) < 0.93 * np.mean(mask_losses[:4])
   assert np.all(np.isfinite(train_losses(workdir)))
   for column in ("AP", "AP50", "APs", "APm"):
     assert 0.0 <= result[f"eval_{column}"] <= 1.0
@@ -58,6 +58,12 @@ def test_mask_rcnn_compiles_once_per_canvas_its_mask_loss_falls_and_it_scores_ma
     image = images[mask["image_id"]]
     assert mask["segmentation"]["size"] == [image["height"], image["width"]]
     assert isinstance(mask["segmentation"]["counts"], str)
+
+
+def test_mask_head_loss_descends_on_a_batch(mask_run):
+  config, _, _, task = mask_run
+  assert_descends(descent(config, task, parts=("stage0_mask",), trainable=("mask_heads_0",),
+                          learning_rate=0.1, steps=30), 0.85)
 
 
 def test_mask_rcnn_resumes_mid_epoch_exactly(mask_run, tmp_path):

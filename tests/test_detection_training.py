@@ -1,6 +1,6 @@
 """Detector training on the shared loop: a tiny LCT Faster R-CNN on the generated shapes COCO
 layout, through the real builder, pipeline, loop, checkpoints and COCOeval: one compile per
-canvas, finite and falling losses, exact resume mid-epoch, results JSON, and the refusals."""
+canvas, finite losses, losses that descend on a batch, exact resume mid-epoch, results JSON, and the refusals."""
 
 import dataclasses
 import json
@@ -19,6 +19,7 @@ from configs.detection import shapes_demo
 from lct_flax import loop
 from lct_flax.detection import data
 from lct_flax.detection import task as detection_task
+from lct_flax.detection import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -77,13 +78,49 @@ def train_losses(workdir):
   return scalars(workdir, "train_loss")
 
 
+def descent(config, task, *, parts, trainable, learning_rate, steps):
+  """The sum of the detector's loss `parts` on the first training batch (one sampling key), from
+  the task's initial state, before each of `steps` plain gradient-descent steps of the parameters
+  under `trainable` (the rest held). Nothing those parameters feed decides which anchors or RoIs
+  are sampled, so the loss is a smooth function of them and each small step lowers it by far more
+  than float rounding moves it on any CPU (a whole training run, by contrast, is chaotic)."""
+  batch = next(iter(data.create_train_iterator(
+      config.dataset, global_batch_size=config.batch_size, seed=config.seed,
+      with_masks=config.model.detector in ("mask_rcnn", "cascade_mask_rcnn"))))
+  model = detection_task.create_model(config, task.identity["num_classes"])
+  batch = training.device_batch(batch, training.train_keys(model))
+  state = jax.device_get(task.init_state())
+  held = {k: v for k, v in state.params.items() if k not in trainable}
+
+  def loss(free):
+    (_, metrics), _ = model.apply({"params": {**held, **free}, "batch_stats": state.batch_stats},
+                                  batch, jax.random.PRNGKey(0), method="losses",
+                                  mutable=["batch_stats"])
+    return sum(metrics[part] for part in parts)
+
+  loss_and_grad = jax.jit(jax.value_and_grad(loss))
+  free = {k: state.params[k] for k in trainable}
+  values = []
+  for _ in range(steps):
+    value, grads = loss_and_grad(free)
+    values.append(float(value))
+    free = jax.tree.map(lambda p, g: p - learning_rate * g, free, grads)
+  return np.array(values)
+
+
+def assert_descends(values, ratio):
+  """Every step lower than the one before, and the last below `ratio` of the first."""
+  assert np.all(np.diff(values) < 0), values
+  assert values[-1] < ratio * values[0], values
+
+
 @pytest.fixture(scope="module")
 def straight(_prepared_shapes, tmp_path_factory):
   return trained(tiny_config(_prepared_shapes.copy_and_resolve_references()), tmp_path_factory,
                  "detection_straight")
 
 
-def test_one_compile_per_canvas_finite_falling_losses_and_coco_eval(straight):
+def test_one_compile_per_canvas_finite_losses_and_coco_eval(straight):
   config, workdir, result, task = straight
   batches = data.create_train_iterator(config.dataset, global_batch_size=config.batch_size,
                                        seed=config.seed)
@@ -92,7 +129,6 @@ def test_one_compile_per_canvas_finite_falling_losses_and_coco_eval(straight):
   assert task.train_step._cache_size() == len(canvases)
   losses = train_losses(workdir)
   assert len(losses) == STEPS and np.all(np.isfinite(losses))
-  assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
   assert result["step"] == STEPS
   for column in ("AP", "AP50", "AP75", "APs", "APm"):
     assert 0.0 <= result[f"eval_{column}"] <= 1.0
@@ -102,6 +138,16 @@ def test_one_compile_per_canvas_finite_falling_losses_and_coco_eval(straight):
   assert {r["category_id"] for r in results} <= {2, 5, 9, 14}
   assert all(len(r["bbox"]) == 4 and r["bbox"][2] > 0 and 0.05 < r["score"] <= 1
              for r in results)
+
+
+@pytest.mark.parametrize("parts,trainable,learning_rate,ratio", [
+    (("rpn_cls", "rpn_box"), ("backbone", "neck", "rpn_head"), 0.05, 0.95),
+    (("stage0_cls", "stage0_box"), ("box_heads_0",), 0.02, 0.7)])
+def test_rpn_and_box_head_losses_descend_on_a_batch(straight, parts, trainable, learning_rate,
+                                                    ratio):
+  config, _, _, task = straight
+  assert_descends(descent(config, task, parts=parts, trainable=trainable,
+                          learning_rate=learning_rate, steps=12), ratio)
 
 
 def test_resume_mid_epoch_equals_the_straight_run(straight, tmp_path):
