@@ -1,6 +1,7 @@
 """Detector training on the shared loop: a tiny LCT Faster R-CNN on the generated shapes COCO
 layout, through the real builder, pipeline, loop, checkpoints and COCOeval: one compile per
-canvas, finite losses, losses that descend on a batch, exact resume mid-epoch, results JSON, and the refusals."""
+canvas, finite losses, losses that descend on a batch, exact resume mid-epoch, results JSON, and
+the refusals."""
 
 import dataclasses
 import json
