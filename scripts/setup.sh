@@ -1,14 +1,45 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11) and installs requirements.txt into it; does nothing when .venv already
-# holds exactly these requirements. Source it or run it: `bash scripts/setup.sh`.
+# Creates .venv with Python 3.12 or 3.13 and installs requirements.txt into it; does nothing when
+# .venv already holds exactly these requirements for that Python. Run it: `bash scripts/setup.sh`.
+# The Python is $PYTHON if set, else the first of python3.12, python3.13, python3 (and pyenv's
+# installed 3.12/3.13) that is 3.12 or 3.13.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
+
+suitable() {
+  "$1" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 12), (3, 13)))' 2>/dev/null
+}
+
+find_python() {
+  if [[ -n "${PYTHON:-}" ]]; then
+    suitable "$PYTHON" && { echo "$PYTHON"; return; }
+    echo "error: PYTHON=$PYTHON is not Python 3.12 or 3.13 (jax 0.12 needs 3.12+); unset PYTHON" \
+         "or point it at a python3.12." >&2
+    return 1
+  fi
+  local candidate
+  for candidate in python3.12 python3.13 python3; do
+    suitable "$candidate" && { echo "$candidate"; return; }
+  done
+  if command -v pyenv >/dev/null; then
+    for candidate in "$(pyenv root)"/versions/3.12*/bin/python3 \
+                     "$(pyenv root)"/versions/3.13*/bin/python3; do
+      suitable "$candidate" && { echo "$candidate"; return; }
+    done
+  fi
+  echo "error: no Python 3.12 or 3.13 found (jax 0.12 needs 3.12+); install one (e.g." \
+       "'apt-get install python3.12-venv', 'pyenv install 3.12', or 'uv python install 3.12')" \
+       "and run this again, or set PYTHON=/path/to/python3.12." >&2
+  return 1
+}
+
+PYTHON="$(find_python)"
 stamp="$VENV/.requirements.sha256"
-want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+version="$("$PYTHON" -c 'import platform; print(platform.python_version())')"
+want="$version $(sha256sum requirements.txt | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  "$PYTHON" -m venv "$VENV"
+  "$PYTHON" -m venv --clear "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -r requirements.txt
   echo "$want" > "$stamp"
