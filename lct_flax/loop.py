@@ -136,6 +136,12 @@ def _run(task: Task, workdir: str) -> dict:
     if pretrained_init is not None:
       state, init_record = initialize_from(state, *pretrained_init, task.pretrained_path,
                                            parallel.replicated_sharding(task.mesh))
+  if int(state.step) >= task.total_steps:
+    logging.info("%s is already at step %d of %d: nothing to train (raise num_train_steps or "
+                 "num_epochs to go on); the workdir is left as it was.", workdir, int(state.step),
+                 task.total_steps)
+    checkpointer.close()
+    return {"step": int(state.step), "preempted": False}
   if is_writer:
     fileio.write_json_atomically(os.path.join(workdir, "model.json"), task.identity)
     fileio.write_json_atomically(os.path.join(workdir, "config.json"),
@@ -172,12 +178,12 @@ def _run(task: Task, workdir: str) -> dict:
           writer.write_scalars(step, summary)
           logging.info("%s", _progress_line(summary, task.log_keys, step, steps_per_epoch,
                                             total_steps))
-        if (eval_every and step % eval_every == 0) or is_last:
-          eval_metrics = task.evaluate(state)
-          writer.write_scalars(step, eval_metrics)
-          logging.info("eval at step %d: %s", step, task.describe_eval(eval_metrics))
         if save:
           checkpointer.save(step, state)
+        if (eval_every and step % eval_every == 0) or is_last:
+          eval_metrics = _evaluate_keeping_state(task, state, step, checkpointer)
+          writer.write_scalars(step, eval_metrics)
+          logging.info("eval at step %d: %s", step, task.describe_eval(eval_metrics))
         if preempted:
           logging.warning("Stopped at step %d (%s); checkpoint %s. Run the same command to "
                           "resume.", step, watcher.received or "preemption",
@@ -188,6 +194,22 @@ def _run(task: Task, workdir: str) -> dict:
     writer.flush()
     checkpointer.close()
   return {"step": step, "preempted": preempted, **eval_metrics}
+
+
+def _evaluate_keeping_state(task: Task, state: TrainState, step: int,
+                            checkpointer: checkpointing.Checkpointer) -> dict:
+  """`task.evaluate(state)`; if it fails (a corrupt eval image, say), the training state of `step`
+  is checkpointed (unless it already is) before the error is raised: no step is lost to it."""
+  try:
+    return task.evaluate(state)
+  except Exception as error:
+    checkpointer.save(step, state)
+    detail = (str(error).strip().splitlines() or [""])[0][:300]
+    raise TrainingError(
+        f"evaluation at step {step} failed ({type(error).__name__}: {detail}); the training "
+        f"state is saved as {checkpointer.path(step)}. Fix the evaluation data, then run the "
+        f"same command to go on, or export that checkpoint and run lct_flax.evaluate on it."
+    ) from error
 
 
 def _progress_line(summary: dict, log_keys: tuple, step: int, steps_per_epoch: int,
@@ -232,7 +254,7 @@ def check_workdir_compatible(workdir: str, identity: dict) -> None:
 
 
 # Values of identity keys that a workdir written before the key existed implies.
-IDENTITY_DEFAULTS = {"frozen_stages": -1, "frozen_bn": False}
+IDENTITY_DEFAULTS = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1"}
 
 
 def checkpointer_for(workdir: str, config: ml_collections.ConfigDict, *,

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -167,6 +168,18 @@ def test_resume_mid_epoch_equals_the_straight_run(straight, tmp_path):
     np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
   np.testing.assert_array_equal(train_losses(tmp_path)[-STEPS + 5:],
                                 train_losses(straight_workdir)[5:])
+
+
+def test_resuming_under_another_box_convention_is_refused_naming_both(straight, tmp_path):
+  config, workdir, _, _ = straight
+  copy = shutil.copytree(workdir, tmp_path / "run")
+  before = {name: (copy / name).read_bytes() for name in ("config.json", "model.json")}
+  changed = config.copy_and_resolve_references()
+  changed.model.convention = changed.dataset.box_convention = "torchvision"
+  with pytest.raises(loop.TrainingError, match=re.escape(
+      "model.convention: 'mmdet_v1' in the workdir vs 'torchvision' now")):
+    train(changed, copy)
+  assert {name: (copy / name).read_bytes() for name in before} == before
 
 
 def run_train_py(workdir, *flags):

@@ -2,6 +2,7 @@
 them inside a checkpoint write), SIGTERM, damaged checkpoints, two runs on one workdir, a full
 disk, and one clear line per bad input."""
 
+import dataclasses
 import json
 import os
 import random
@@ -183,6 +184,45 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(digits_config,
   for a, b in zip(state_leaves(config, tmp_path / "straight"),
                   state_leaves(config, tmp_path / "run")):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("num_train_steps,eval_every_epochs,failing_step", [
+    (3, 0, 3),      # the final evaluation, at the last step's checkpoint
+    (46, 1, 44)])   # an epoch's evaluation between checkpoints (44 steps per epoch)
+def test_an_evaluation_failure_keeps_the_training_state_of_its_step(
+    digits_config, tmp_path, num_train_steps, eval_every_epochs, failing_step):
+  from lct_flax import loop
+  config = tiny_demo_config(digits_config.data_dir, num_train_steps=num_train_steps,
+                            eval_every_epochs=eval_every_epochs, checkpoint_every_steps=1000)
+
+  def task_with_a_corrupt_eval_image():
+    def evaluate(state):
+      raise OSError("jpeg::Uncompress failed. Invalid JPEG data or crop window.")
+    return dataclasses.replace(trainer.classification_task(config), evaluate=evaluate)
+
+  with pytest.raises(loop.TrainingError) as raised:
+    loop.run(task_with_a_corrupt_eval_image, str(tmp_path))
+  message = str(raised.value)
+  assert message.startswith(f"evaluation at step {failing_step} failed (OSError: jpeg::Uncompress")
+  assert os.path.join("checkpoints", str(failing_step)) in message and "\n" not in message
+  assert os.listdir(tmp_path / "checkpoints") == [str(failing_step)]
+  assert int(trainer.restore_state(config, str(tmp_path)).step) == failing_step
+
+
+def test_a_run_whose_steps_are_done_leaves_the_workdir_as_it_was(digits_config, tmp_path,
+                                                                 caplog):
+  config = tiny_demo_config(digits_config.data_dir, num_train_steps=3)
+  trainer.train_and_evaluate(config, str(tmp_path))
+  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs)
+  before = {path: open(path, "rb").read() for path in files}
+  for steps in (3, 2):
+    config = tiny_demo_config(digits_config.data_dir, num_train_steps=steps, learning_rate=0.5)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+      assert trainer.train_and_evaluate(config, str(tmp_path))["step"] == 3
+    assert f"is already at step 3 of {steps}: nothing to train" in caplog.text
+    assert sorted(os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs) == files
+    assert all(open(path, "rb").read() == content for path, content in before.items())
 
 
 # ---------------------------------------------------------------------------------------------

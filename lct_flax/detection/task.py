@@ -44,11 +44,12 @@ def create_model(config: ml_collections.ConfigDict,
 
 def model_identity(config: ml_collections.ConfigDict, num_classes: int) -> dict:
   """The config entries that decide the shapes of the saved state (a mask detector's also its
-  mask head width)."""
+  mask head width) or what its weights mean (the box convention they were trained under)."""
   m = config.model
   identity = {"task": "detection", "model.name": m.name, "model.attention": m.attention,
               "model.attention_kwargs": m.attention_kwargs.to_dict(), "model.width": m.width,
-              "model.detector": m.detector, "model.fpn_channels": m.get("fpn_channels", 256),
+              "model.detector": m.detector, "model.convention": m.convention,
+              "model.fpn_channels": m.get("fpn_channels", 256),
               "model.fc_hidden": m.get("fc_hidden", 1024), "num_classes": num_classes,
               "frozen_stages": config.get("frozen_stages", -1),
               "frozen_bn": config.get("frozen_bn", False)}
