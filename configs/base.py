@@ -60,17 +60,31 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def lct_options(arg: str | None) -> dict:
-  """Parses 'groups=32,w_init=1,b_init=0,use_norm=False' (the part after ':' in --config)."""
+# Each block's options as the paper has them: LCT G=64, w=0, b=1 with eqs. 2-5 (Tables 2, 3, 5);
+# SE reduction 16 (SENet, Table 1); SE+ the same, its context normalised in 64 groups (Table 4).
+PAPER_BLOCKS = {
+    "none": {},
+    "se": {"reduction": 16},
+    "se_norm": {"reduction": 16, "groups": 64},
+    "lct": {"groups": 64, "w_init": 0.0, "b_init": 1.0, "use_norm": True, "use_transform": True},
+}
+
+
+def config_argument(arg: str | None) -> tuple[str | None, dict]:
+  """Parses the part after ':' in --config: an optional block name first, then KEY=VALUE options
+  ('se', 'lct,groups=32', 'groups=32,w_init=1,b_init=0,use_norm=False')."""
   if not arg:
-    return {}
+    return None, {}
+  items = [item.strip() for item in arg.split(",")]
+  block = items.pop(0) if items[0] in PAPER_BLOCKS else None
   options = {}
-  for item in arg.split(","):
+  for item in items:
     key, sep, value = item.partition("=")
     if not sep:
-      raise ValueError(f"config argument {item!r} is not KEY=VALUE (e.g. groups=32).")
+      raise ValueError(f"config argument {item!r} is neither a block ({', '.join(PAPER_BLOCKS)}) "
+                       f"nor KEY=VALUE (e.g. groups=32).")
     options[key.strip()] = _parse_value(value.strip())
-  return options
+  return block, options
 
 
 def _parse_value(value: str):
@@ -85,13 +99,16 @@ def _parse_value(value: str):
 
 
 def imagenet_config(model: str, attention: str, arg: str | None = None,
-                    **attention_defaults) -> ml_collections.ConfigDict:
-  """The recipe with `model` and `attention`; `arg` overrides attention options (Tables 2-5)."""
+                    blocks: dict = PAPER_BLOCKS) -> ml_collections.ConfigDict:
+  """The recipe with `model` and `attention` at its options in `blocks`. `arg` may name another
+  block, which comes with its own options from `blocks` (`:se`, `:none`: Table 1's comparison in
+  one flag), then override options (`:groups=32`: Tables 2-5)."""
+  block, options = config_argument(arg)
+  attention = block or attention
   config = get_config()
   config.model.name = model
   config.model.attention = attention
-  config.model.attention_kwargs = ml_collections.ConfigDict(
-      {**attention_defaults, **lct_options(arg)})
+  config.model.attention_kwargs = ml_collections.ConfigDict({**blocks[attention], **options})
   if model == "resnet101":
     config.batch_size = 220               # the paper's ResNet-101 batch (GPU memory), lr still 0.1
   return config

@@ -20,5 +20,4 @@ from configs import base
 
 
 def get_config(arg=None):
-  return base.imagenet_config("resnet50", "lct", arg, groups=64, w_init=0.0, b_init=1.0,
-                              use_norm=True, use_transform=True)
+  return base.imagenet_config("resnet50", "lct", arg)

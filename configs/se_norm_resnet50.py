@@ -11,4 +11,4 @@ from configs import base
 
 
 def get_config(arg=None):
-  return base.imagenet_config("resnet50", "se_norm", arg, reduction=16, groups=64)
+  return base.imagenet_config("resnet50", "se_norm", arg)

@@ -11,4 +11,4 @@ from configs import base
 
 
 def get_config(arg=None):
-  return base.imagenet_config("resnet50", "se", arg, reduction=16)
+  return base.imagenet_config("resnet50", "se", arg)

@@ -76,12 +76,29 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
   except flags.Error as error:
     raise FlagError(f"{error}; see --helpfull for the flags.") from None
   except (AttributeError, KeyError) as error:  # ml_collections: --config.KEY with an unknown KEY
-    key = str(error).strip("\"'")
-    raise FlagError(f"the config has no key {key!r}; check the --config.KEY overrides against "
-                    f"the config file.") from None
+    raise FlagError(_unknown_key_message(error, argv)) from None
   except SyntaxError as error:
     raise FlagError(f"{error.filename} is not a Python config file ({error.msg}, line "
                     f"{error.lineno}).") from None
+
+
+def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str:
+  """One line for ml_collections' error on an unknown --config.KEY: the whole dotted key as given,
+  and the known key it suggests ("'atention'\nDid you mean "attention" instead of ...")."""
+  while isinstance(error, BaseException) and error.args:   # AttributeError(KeyError(message))
+    error = error.args[0]
+  text = str(error)
+  first, _, rest = text.partition("\n")
+  leaf = first.strip("\"' ")
+  paths = [arg.split("=", 1)[0].lstrip("-").split(".")[1:] for arg in argv[1:]
+           if re.match(r"^--?config\.", arg)]
+  key = next((".".join(p[:p.index(leaf) + 1]) for p in paths if leaf in p), leaf)
+  suggestion = re.search(r'Did you mean "([^"]+)"', rest)
+  hint = ""
+  if suggestion:
+    hint = f" (did you mean {key[:len(key) - len(leaf)] + suggestion.group(1)!r}?)"
+  return (f"the config has no key {key!r}{hint}; check the --config.KEY overrides against the "
+          f"config file.")
 
 
 def _config_files(argv: Sequence[str]) -> Iterator[str]:

@@ -424,7 +424,9 @@ def _attention_option_problems(attention: str, options: Any) -> Iterator[Problem
     key = f"{ATTENTION_KWARGS}.{name}"
     if name not in rules:
       known = ", ".join(sorted(rules)) or "none"
-      yield key, f"config.{key}: attention {attention!r} has no option {name!r} ({known})."
+      yield key, (f"config.{key}: attention {attention!r} has no option {name!r} ({known}); "
+                  f"to switch blocks, name the block in the config argument, which brings its "
+                  f"own options (--config=configs/demo.py:{attention}).")
     elif not rules[name].allows(value):
       yield _problem(key, value, rules[name].describe())
 

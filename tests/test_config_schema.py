@@ -202,3 +202,46 @@ def test_new_keys_and_nested_sections_are_one_rule_each(monkeypatch):
   config["detection"] = 3
   with pytest.raises(config_schema.ConfigError, match=r"config.detection=3 is not allowed"):
     config_schema.validate(config)
+
+
+@pytest.mark.parametrize("block,options", [
+    ("se", {"reduction": 4}), ("none", {}), ("se_norm", {"reduction": 4, "groups": 4}),
+    ("lct", {"groups": 4, "w_init": 0.0, "b_init": 1.0, "use_norm": True, "use_transform": True})])
+def test_the_config_argument_switches_the_block_with_its_own_options(block, options):
+  argv = ["train.py", f"--config=configs/demo.py:{block}", "--workdir=unused"]
+  assert refusal(argv) is None
+  flag_values = flags.FlagValues()
+  train.define_flags(flag_values, sys_argv=argv)
+  cli.parse_flags(argv, flag_values)
+  assert flag_values.config.model.attention == block
+  assert flag_values.config.model.attention_kwargs.to_dict() == options
+  switched = flag_values.config.to_dict()
+  default = importlib.import_module("configs.demo").get_config().to_dict()
+  assert {k: v for k, v in switched.items() if k != "model"} == {
+      k: v for k, v in default.items() if k != "model"}
+
+
+def test_each_table_1_config_is_its_plain_config_with_the_block_named():
+  for model in ("resnet50", "resnet101"):
+    plain = importlib.import_module(f"configs.{model}")
+    for block in ("se", "lct"):
+      row = importlib.import_module(f"configs.{block}_{model}").get_config()
+      assert plain.get_config(block).to_dict() == row.to_dict()
+  lct = importlib.import_module("configs.lct_resnet50")
+  assert lct.get_config("groups=32").model.attention_kwargs.to_dict() == {
+      "groups": 32, "w_init": 0.0, "b_init": 1.0, "use_norm": True, "use_transform": True}
+  assert lct.get_config("se,reduction=8").model.attention_kwargs.to_dict() == {"reduction": 8}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.atention=se",
+     "the config has no key 'model.atention' (did you mean 'model.attention'?);"),
+    ("--config.bach_size=3", "the config has no key 'bach_size' (did you mean 'batch_size'?);"),
+    ("--config.model.attention=se",
+     "attention 'se' has no option 'b_init' (epsilon, groups, reduction, use_norm); to switch "
+     "blocks, name the block in the config argument, which brings its own options "
+     "(--config=configs/demo.py:se)")])
+def test_a_mistyped_key_or_a_block_switched_by_key_is_refused_saying_what_to_write(override,
+                                                                                    message):
+  refused = refusal(["train.py", "--config=configs/demo.py", "--workdir=unused", override])
+  assert refused is not None and message in refused and "\\" not in refused

@@ -402,7 +402,7 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
       "missing config file": (train_command(base / "j", [], config="configs/nope.py"),
                               "config file 'configs/nope.py' does not exist", None),
       "bad config argument": (train_command(base / "k", [], config="configs/lct_resnet50.py:g"),
-                              "config argument 'g' is not KEY=VALUE", None),
+                              "config argument 'g' is neither a block", None),
   }
   procs = {name: subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
