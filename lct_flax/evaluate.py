@@ -124,9 +124,10 @@ def _progress(iterator: Iterator, total: int, description: str, enabled: bool) -
 
 def evaluate_export(export_dir: str, *, dataset: Optional[str] = None, split: Optional[str] = None,
                     data_dir: Optional[str] = None, batch_size: Optional[int] = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, results_dir: Optional[str] = None) -> dict:
   """Evaluates the export on the split (defaults as in the module docstring); returns the result
-  dict that the CLI writes."""
+  dict that the CLI writes. A detector's COCO results JSONs go to `results_dir` (default: the
+  export's directory)."""
   check_arguments(batch_size=batch_size, data_dir=data_dir)
   export_dir = os.path.abspath(export_dir)
   model, variables, config = export_lib.load(export_dir)
@@ -136,7 +137,8 @@ def evaluate_export(export_dir: str, *, dataset: Optional[str] = None, split: Op
                        "dataset (choose the split with --split, the data with --data_dir).")
     from lct_flax.detection import evaluation
     return evaluation.evaluate_export(export_dir, model, variables, config, split=split,
-                                      data_dir=data_dir, batch_size=batch_size)
+                                      data_dir=data_dir, batch_size=batch_size,
+                                      results_dir=results_dir or export_dir)
   from lct_flax import input_pipeline  # TensorFlow: only once the export is known to be good
   from lct_flax import trainer
   dataset_config = eval_dataset_config(config, dataset=dataset, split=split, data_dir=data_dir)
@@ -200,17 +202,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   values = flags.FLAGS
+  results_dir = (os.path.dirname(os.path.abspath(values.output)) if values.output
+                 else os.path.abspath(values.export))
+  reason = fileio.unwritable_reason(results_dir) if os.path.isdir(values.export) else None
+  if reason:
+    raise PermissionError(f"cannot write the evaluation results in {results_dir} ({reason}); "
+                          f"pass --output=PATH in a writable directory.")
   result = evaluate_export(values.export, dataset=values.dataset, split=values.split,
                            data_dir=values.data_dir, batch_size=values.batch_size,
-                           progress=values.progress)
+                           progress=values.progress, results_dir=results_dir)
   output = values.output or default_output_path(values.export, result["dataset"], result["split"])
   if jax.process_index() == 0:
-    fileio.write_json_atomically(output, result)
     if "AP" in result:
       from lct_flax.detection import evaluation
       print(evaluation.format_result(result))
     else:
       print(format_result(result))
+    fileio.write_json_atomically(output, result)
     print(f"wrote {os.path.abspath(output)}")
 
 
@@ -223,7 +231,8 @@ def _define_flags():
   flags.DEFINE_integer("batch_size", None,
                        "Global eval batch size (default: the training batch size).")
   flags.DEFINE_string("output", None,
-                      "Result JSON path (default: EXPORT_DIR/eval_<dataset>_<split>.json).")
+                      "Result JSON path (default: EXPORT_DIR/eval_<dataset>_<split>.json); a "
+                      "detector's COCO results JSONs go beside it.")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
   flags.mark_flags_as_required(["export"])
 

@@ -222,6 +222,17 @@ def atomic_write(path: str, write: Callable[[BinaryIO], Any]) -> None:
   fsync_dir(directory)
 
 
+def unwritable_reason(directory: str) -> Optional[str]:
+  """None if a file can be created in `directory` (made if missing), else why not."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+      pass
+  except OSError as error:
+    return error.strerror or str(error)
+  return None
+
+
 def write_json_atomically(path: str, value: Any) -> None:
   """`value` as indented, key-sorted JSON at `path`, written atomically."""
   text = json.dumps(value, indent=2, sort_keys=True) + "\n"

@@ -31,7 +31,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -59,13 +58,10 @@ class TerminatedError(RuntimeError):
 
 def check_writable(workdir: str) -> None:
   """Creates `workdir` if needed and refuses one that cannot be written, before any work."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
-      pass
-  except OSError as error:
-    raise WorkdirLockError(f"workdir {workdir} is not writable ({error.strerror or error}); "
-                           f"choose another --workdir.") from error
+  reason = fileio.unwritable_reason(workdir)
+  if reason:
+    raise WorkdirLockError(f"workdir {workdir} is not writable ({reason}); choose another "
+                           f"--workdir.")
 
 
 def _read_text(path: str) -> Optional[str]:

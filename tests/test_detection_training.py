@@ -221,11 +221,14 @@ def test_export_of_a_detector_evaluates_as_training_did(straight, tmp_path):
   model, variables, config = export.load(output)
   assert isinstance(model, detector_lib.TwoStageDetector)
   assert config.model.task == "detection" and config.source.step == STEPS
-  evaluated = evaluate.evaluate_export(output, batch_size=2)
+  exported = sorted(os.listdir(output))
+  evaluated = evaluate.evaluate_export(output, batch_size=2, results_dir=str(tmp_path / "out"))
   for column in ("AP", "AP50", "AP75", "APs", "APm"):
     assert evaluated[column] == pytest.approx(result[f"eval_{column}"], abs=1e-9)
+  assert evaluated["results"] == str(tmp_path / "out" / "detections_validation.json")
   assert json.load(open(evaluated["results"])) == json.load(
       open(workdir / f"detections_{STEPS}.json"))
+  assert sorted(os.listdir(output)) == exported   # a read-only export can be evaluated
 
 
 def test_pairs_beyond_max_candidates_are_reported_in_one_warning(straight, tmp_path, caplog):

@@ -397,6 +397,9 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
           data, dataset__train_split="train[:0]")), "train[:0]", None),
       "missing export": (evaluate + [f"--export={base / 'no_export'}"], "no_export", None),
       "damaged export": (evaluate + [f"--export={damaged}"], "variables.npz", None),
+      "unwritable evaluation output": (
+          evaluate + [f"--export={tiny_demo_export}", "--output=/etc/passwd/result.json"],
+          "cannot write the evaluation results in /etc/passwd", None),
       "workdir not writable": (train_command("/etc/passwd/run", tiny_flags(data)),
                                "workdir /etc/passwd/run is not writable", None),
       "missing config file": (train_command(base / "j", [], config="configs/nope.py"),
@@ -420,7 +423,7 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
     "unknown model", "unknown attention", "unknown dataset", "unknown config key",
     "groups do not divide", "one channel per group", "batch not divisible",
     "missing imagenet tars", "empty split", "missing export", "damaged export",
-    "workdir not writable", "missing config file", "bad config argument"])
+    "unwritable evaluation output", "workdir not writable", "missing config file", "bad config argument"])
 def test_bad_input_is_refused_with_one_clear_line(refusals, case):
   code, lines, expected, _ = refusals[case]
   assert code != 0

@@ -66,7 +66,7 @@ def test_ablation_arguments_reach_the_lct_block():
   model = trainer.create_model(config, num_classes=1000)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
   assert variables["params"]["layer1_0"]["lct"]["w"].shape == (256,)
-  with pytest.raises(ValueError, match="not KEY=VALUE"):
+  with pytest.raises(ValueError, match="is neither a block .* nor KEY=VALUE"):
     load_config("lct_resnet50", "groups")
 
 

@@ -72,10 +72,11 @@ def warn_about_capped_candidates(num_candidates: np.ndarray, max_candidates: int
 
 def evaluate_export(export_dir: str, model: Any, variables: dict,
                     config: ml_collections.ConfigDict, *, split: Optional[str] = None,
-                    data_dir: Optional[str] = None, batch_size: Optional[int] = None) -> dict:
+                    data_dir: Optional[str] = None, batch_size: Optional[int] = None,
+                    results_dir: Optional[str] = None) -> dict:
   """COCO box (and mask) AP of a detector export on its dataset's eval split (or `split`), with
-  the result record `python -m lct_flax.evaluate` writes; the COCO results JSONs go beside the
-  export."""
+  the result record `python -m lct_flax.evaluate` writes; the COCO results JSONs go to
+  `results_dir` (default: the export's directory)."""
   from lct_flax.detection import data
 
   dataset_config = ml_collections.ConfigDict(config.dataset.to_dict())
@@ -92,7 +93,8 @@ def evaluate_export(export_dir: str, model: Any, variables: dict,
   batch_size = batch_size or mesh.devices.size
   parallel.check_batch_size(batch_size, mesh)
   start = time.perf_counter()
-  results_path = os.path.join(export_dir, f"detections_{dataset_config.eval_split}.json")
+  results_path = os.path.join(results_dir or export_dir,
+                              f"detections_{dataset_config.eval_split}.json")
   metrics = coco_evaluate(dataset_config, jax.device_put(variables,
                                                          parallel.replicated_sharding(mesh)),
                           compile_detect_step(model, mesh), mesh, global_batch_size=batch_size,
