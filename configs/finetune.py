@@ -6,7 +6,8 @@ runs both):
   python train.py --config=configs/finetune.py --workdir=workdir/finetune
 gives 99.17% test accuracy on the digits in 5 epochs (about 30 s) with the backbone frozen (the
 demo's own model: 99.44%; Intel Xeon, 2 cores; on an AMD EPYC 99.72% from its 99.17% model): the
-classifier is initialised fresh and only it trains, on the demo's features. `:full` fine-tunes every layer instead (BatchNorm included).
+classifier is initialised fresh and only it trains, on the demo's features. `:full` fine-tunes
+every layer instead (BatchNorm included).
 
 Any source and dataset: `--config.init_from=` an export directory, or a torchvision/timm-layout
 `.safetensors`/`.npz` state dict (e.g. torchvision's ResNet-50 weights saved with

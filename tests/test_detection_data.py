@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from lct_flax.datasets import coco_checks
 from lct_flax.datasets import coco_instances
 from lct_flax.datasets import coco_layout
 from lct_flax.datasets import coco_shapes
@@ -225,6 +226,105 @@ def test_a_missing_image_or_foreign_categories_get_one_line(coco_shapes_layout, 
                                               manual_dir=coco_shapes_layout.root)
   with pytest.raises(coco_instances.CocoLayoutError, match="4 categories, not the config's 80"):
     data.prepare_dataset(config)
+
+
+def _first_annotation(dataset, *, crowd=False):
+  return next(a for a in dataset["annotations"] if bool(a["iscrowd"]) == crowd)
+
+
+def _set_segmentation(dataset, segmentation):
+  annotation = _first_annotation(dataset)
+  annotation["segmentation"] = segmentation
+  return annotation["id"]
+
+
+def _bad_rle_size(dataset):
+  annotation = _first_annotation(dataset, crowd=True)
+  annotation["segmentation"]["size"] = [1, 1]
+  return annotation["id"]
+
+
+def _bad_field(dataset, field, value):
+  annotation = dataset["annotations"][3]
+  if value is None:
+    del annotation[field]
+  else:
+    annotation[field] = value
+  return annotation["id"]
+
+
+# (edit of the train annotation file returning the id it damaged, what the one line says)
+BAD_ANNOTATIONS = {
+    "polygon of 2 points": (lambda d: _set_segmentation(d, [[10.0, 10.0, 20.0, 10.0]]),
+                            "a polygon of 2 points (fewer than 3)"),
+    "odd polygon": (lambda d: _set_segmentation(d, [[10.0, 10.0, 20.0, 10.0, 20.0]]),
+                    "a polygon of 5 coordinates (an odd number)"),
+    "empty segmentation": (lambda d: _set_segmentation(d, []), "an empty segmentation"),
+    "rle of another size": (_bad_rle_size, "an RLE of size [1, 1] on a"),
+    "no area": (lambda d: _bad_field(d, "area", None), "has no 'area'"),
+    "3-number bbox": (lambda d: _bad_field(d, "bbox", [1.0, 2.0, 3.0]),
+                      "has 'bbox' [1.0, 2.0, 3.0], not [x, y, width, height]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ANNOTATIONS)
+def test_a_bad_annotation_is_refused_at_preparation_naming_its_id_and_field(
+    coco_shapes_layout, tmp_path, case):
+  edit, expected = BAD_ANNOTATIONS[case]
+  root = _copy_layout(coco_shapes_layout, tmp_path / "coco")
+  path = os.path.join(root, coco_layout.SPLITS["train"][1])
+  dataset = _annotation_file(coco_shapes_layout, "train")
+  bad_id = edit(dataset)
+  with open(path, "w") as f:
+    json.dump(dataset, f)
+  config = data_config.shapes_dataset_config(data_dir=str(tmp_path / "data"), manual_dir=root)
+  with pytest.raises(coco_checks.CocoAnnotationError) as error:
+    data.prepare_dataset(config)
+  message = str(error.value)
+  assert "\n" not in message and path in message and expected in message
+  assert f"annotation {bad_id}" in message
+  assert not os.path.exists(tmp_path / "data" / "coco_instances" / "shapes" / "1.0.0")
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda text: text[:len(text) // 2], "is not valid JSON ("),
+    (lambda text: json.dumps({**json.loads(text), "images": []}), "lists no images"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "annotations"}),
+     "has no 'annotations' list")])
+def test_a_damaged_annotation_file_is_refused_in_one_line_naming_it(coco_shapes_layout, tmp_path,
+                                                                    damage, expected):
+  root = _copy_layout(coco_shapes_layout, tmp_path / "coco")
+  path = os.path.join(root, coco_layout.SPLITS["validation"][1])
+  with open(path) as f:
+    text = f.read()
+  with open(path, "w") as f:
+    f.write(damage(text))
+  config = data_config.shapes_dataset_config(data_dir=str(tmp_path / "data"), manual_dir=root)
+  with pytest.raises(coco_checks.CocoAnnotationError) as error:
+    data.prepare_dataset(config)
+  assert "\n" not in str(error.value) and path in str(error.value) and expected in str(error.value)
+
+
+def test_images_that_do_not_decode_are_skipped_at_preparation_with_their_names(
+    coco_shapes_layout, tmp_path, caplog):
+  root = _copy_layout(coco_shapes_layout, tmp_path / "coco")
+  images = _annotation_file(coco_shapes_layout, "train")["images"]
+  truncated, not_an_image = (os.path.join(root, "train2017", images[i]["file_name"])
+                             for i in (3, 5))
+  with open(truncated, "r+b") as f:
+    f.truncate(os.path.getsize(truncated) // 2)
+  with open(not_an_image, "w") as f:
+    f.write("not a JPEG")
+  config = data_config.shapes_dataset_config(data_dir=str(tmp_path / "data"), manual_dir=root)
+  with caplog.at_level(logging.WARNING):
+    data.prepare_dataset(config)
+  warning = [r.getMessage() for r in caplog.records if "do not decode" in r.getMessage()]
+  assert len(warning) == 1 and "skipped 2 of 24 images" in warning[0]
+  assert os.path.basename(truncated) in warning[0] and os.path.basename(not_an_image) in warning[0]
+  stored = {image["id"] for image in data.read_annotations(config, "train")["images"]}
+  assert stored == {image["id"] for image in images} - {images[3]["id"], images[5]["id"]}
+  batches = data.create_train_iterator(config, global_batch_size=2, seed=0)
+  assert all(np.all(np.isfinite(batch["boxes"])) for _, batch in zip(range(12), batches))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -423,7 +423,8 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
     "unknown model", "unknown attention", "unknown dataset", "unknown config key",
     "groups do not divide", "one channel per group", "batch not divisible",
     "missing imagenet tars", "empty split", "missing export", "damaged export",
-    "unwritable evaluation output", "workdir not writable", "missing config file", "bad config argument"])
+    "unwritable evaluation output", "workdir not writable", "missing config file",
+    "bad config argument"])
 def test_bad_input_is_refused_with_one_clear_line(refusals, case):
   code, lines, expected, _ = refusals[case]
   assert code != 0

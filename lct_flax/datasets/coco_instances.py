@@ -33,9 +33,11 @@ import json
 import os
 
 import numpy as np
+from absl import logging
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from lct_flax.datasets import coco_checks
 from lct_flax.datasets import coco_layout
 
 _DOWNLOAD_HINT = {
@@ -79,11 +81,6 @@ def _manual_dir(dl_manager, config_name):
     first_line = str(error).splitlines()[0]
     raise CocoLayoutError(f"{first_line} Put the COCO layout there: "
                           f"{_DOWNLOAD_HINT[config_name].format(root='it')}.") from None
-
-
-def _load(path):
-  with open(path) as f:
-    return json.load(f)
 
 
 def _check_categories(dataset, expected, path):
@@ -150,11 +147,14 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
     generators = {}
     for split, (image_dir, annotation_file) in coco_layout.SPLITS.items():
       path = os.path.join(root, annotation_file)
-      dataset = _load(path)
+      dataset = coco_checks.load(path)
+      coco_checks.check_fields(dataset, path)
       _check_categories(dataset, config.categories, path)
+      coco_checks.check_segmentations(dataset, path)
       images = sorted(dataset["images"], key=lambda image: image["id"])
       objects = _objects_by_image(dataset, path)
       _check_files(root, image_dir, images, annotation_file)
+      images = _decodable(os.path.join(root, image_dir), images)
       self.info.metadata[split] = _index(images, objects)
       generators[split] = self._generate_examples(os.path.join(root, image_dir), images, objects)
     return generators
@@ -206,6 +206,20 @@ def _check_files(root, image_dir, images, annotation_file):
     raise CocoLayoutError(f"{os.path.join(root, image_dir)} lacks {len(missing)} images listed "
                           f"in {annotation_file} (e.g. {missing[0]}); unzip the complete "
                           f"{image_dir}.zip there.")
+
+
+def _decodable(image_dir, images):
+  """`images` less those whose pixels do not decode (warned with their count and names)."""
+  bad = set(coco_checks.undecodable_images(image_dir, images))
+  if len(bad) == len(images):
+    raise CocoLayoutError(f"none of the {len(images)} images in {image_dir} decodes; unzip "
+                          f"them again.")
+  if bad:
+    names = sorted(bad)
+    logging.warning("%s: skipped %d of %d images that do not decode (truncated or not images): "
+                    "%s%s", image_dir, len(bad), len(images), ", ".join(names[:5]),
+                    ", ..." if len(names) > 5 else "")
+  return [image for image in images if image["file_name"] not in bad]
 
 
 def _check_size(data, image, path):
