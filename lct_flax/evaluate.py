@@ -74,8 +74,13 @@ def dataset_info(dataset_config: ml_collections.ConfigDict) -> input_pipeline.Da
     return input_pipeline.get_dataset_info(dataset_config)
   except KeyError:
     import tensorflow_datasets as tfds
-    splits = sorted(tfds.builder(dataset_config.name,
-                                 data_dir=dataset_config.data_dir).info.splits.keys())
+    info = tfds.builder(dataset_config.name, data_dir=dataset_config.data_dir).info
+    features = sorted(info.features.keys())
+    if not {"image", "label"} <= set(features):
+      raise input_pipeline.DatasetError(
+          f"{dataset_config.name} is not an image classification dataset (its features are "
+          f"{features}); evaluate the classifier on a dataset with 'image' and 'label'.") from None
+    splits = sorted(info.splits.keys())
     raise input_pipeline.DatasetError(
         f"{dataset_config.name} has no split {dataset_config.eval_split!r}; choose --split from "
         f"{splits}.") from None

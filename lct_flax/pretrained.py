@@ -68,6 +68,12 @@ def read_source(path: str) -> Source:
     from lct_flax import export  # pylint: disable=import-outside-toplevel
 
     metadata = export.read_metadata(path)
+    model = metadata.get("model", {})
+    if model.get("task") == "detection":
+      raise ValueError(f"init_from: {path} is a detector export ({model.get('detector')} with a "
+                       f"{model.get('name')} backbone); init_from takes a classifier: an export "
+                       f"of a classification run, or a torchvision/timm-layout .safetensors / "
+                       f".npz state dict.")
     flat = export.load_variables(path, metadata)
     state_dict = interop.to_torch_state_dict(export.unflatten_variables(flat))
     return Source(path, "export", metadata["sha256"], state_dict)

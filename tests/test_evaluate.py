@@ -11,6 +11,7 @@ import pytest
 
 from lct_flax import evaluate
 from lct_flax import fileio
+from lct_flax import input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,3 +80,14 @@ def test_missing_export_is_refused_clearly(tmp_path):
   from lct_flax import export
   with pytest.raises(export.ExportError, match="no export at .*nothing.*python -m lct_flax.export"):
     evaluate.evaluate_export(str(tmp_path / "nothing"), progress=False)
+
+
+@pytest.mark.parametrize("split", [None, "validation"])
+def test_a_classifier_on_a_detection_dataset_is_refused_as_such(make_untrained_export,
+                                                                shapes_config, split):
+  with pytest.raises(input_pipeline.DatasetError) as error:
+    evaluate.evaluate_export(make_untrained_export("lct", groups=4), dataset=shapes_config.name,
+                             data_dir=shapes_config.data_dir, split=split)
+  assert str(error.value).startswith(
+      "coco_instances/shapes is not an image classification dataset (its features are ['image',")
+  assert str(error.value).endswith("evaluate the classifier on a dataset with 'image' and 'label'.")

@@ -4,6 +4,7 @@ clear one-line errors for missing or damaged exports and workdirs."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -275,3 +276,20 @@ def test_save_refuses_variables_that_do_not_fit_the_model(make_untrained_export,
     export.save(str(tmp_path / "bad"), variables, model_config=config.model.to_dict(),
                 dataset_config=config.dataset.to_dict())
   assert not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("key,value", [("max_candidates", 0), ("rcnn_samples", -1),
+                                       ("fpn_channels", 1.5)])
+def test_a_detector_export_with_a_bad_head_size_is_refused_naming_it(tmp_path, key, value):
+  """A tiny detector export (tests/data) whose export.json was edited by hand."""
+  source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "jax_0_10_2",
+                        "detector", "export")
+  edited = shutil.copytree(source, tmp_path / "export")
+  with open(edited / "export.json") as f:
+    metadata = json.load(f)
+  metadata["model"][key] = value
+  with open(edited / "export.json", "w") as f:
+    json.dump(metadata, f)
+  with pytest.raises(ValueError, match=re.escape(
+      f"detector model config has {key}={value!r}; it must be an integer >= 1")):
+    export.load(str(edited))

@@ -326,3 +326,14 @@ def test_safetensors_round_trip_is_exact(tmp_path):
     for name, value in state_dict.items():
       assert back[name].dtype == value.dtype and back[name].shape == value.shape
       np.testing.assert_array_equal(back[name], value)
+
+
+def test_a_detector_export_as_init_from_is_refused_saying_what_it_is():
+  detector_export = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "jax_0_10_2",
+                                 "detector", "export")
+  with pytest.raises(ValueError) as error:
+    pretrained.read_source(detector_export)
+  assert str(error.value) == (
+      f"init_from: {detector_export} is a detector export (faster_rcnn with a resnet18 backbone); "
+      f"init_from takes a classifier: an export of a classification run, or a "
+      f"torchvision/timm-layout .safetensors / .npz state dict.")

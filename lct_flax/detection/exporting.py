@@ -61,6 +61,11 @@ def build_detector(section: Mapping[str, Any], *, frozen_stages: int = -1,
                      f"{section['dtype']!r}; use {sorted(CONVENTIONS)} and {sorted(DTYPES)}.")
   if section["detector"] not in DETECTORS:
     raise ValueError(f"unknown detector {section['detector']!r}; use one of {DETECTORS}.")
+  for key in OPTIONAL_KEYS:
+    value = section.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise ValueError(f"detector model config has {key}={value!r}; it must be an integer >= 1 "
+                       f"(or absent for the default).")
   overrides = {}
   for key, setting in (("rpn_proposals_train", "rpn_train"), ("rpn_proposals_test", "rpn_test")):
     if section.get(key):
