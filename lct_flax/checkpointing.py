@@ -110,14 +110,22 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def _where(self, step: int, state: Any) -> dict:
+    return dict(what=f"checkpoint {step}", directory=self.directory,
+                needed_bytes=CHECKPOINT_OVERHEAD * sum(x.nbytes for x in jax.tree.leaves(state)),
+                then="The previous checkpoints are intact: free some space and run the same "
+                     "command to resume.")
+
+  def check_room(self, step: int, state: Any) -> None:
+    """Refuses (fileio.check_free_space) when checkpoint `step` of `state` would not fit: a run
+    checks before its first step, not only when its first checkpoint is due."""
+    fileio.check_free_space(**self._where(step, state))
+
   def save(self, step: int, state: Any) -> None:
     """Writes `state` as checkpoint `step` (skipped if that step is already saved)."""
     if step in self._manager.all_steps():
       return
-    where = dict(what=f"checkpoint {step}", directory=self.directory,
-                 needed_bytes=CHECKPOINT_OVERHEAD * sum(x.nbytes for x in jax.tree.leaves(state)),
-                 then="The previous checkpoints are intact: free some space and run the same "
-                      "command to resume.")
+    where = self._where(step, state)
     fileio.check_free_space(**where)
     with _SaveFailureNoise():
       try:

@@ -142,6 +142,8 @@ def _run(task: Task, workdir: str) -> dict:
                  task.total_steps)
     checkpointer.close()
     return {"step": int(state.step), "preempted": False}
+  every = config.checkpoint_every_steps
+  checkpointer.check_room(min(task.total_steps, (int(state.step) // every + 1) * every), state)
   if is_writer:
     fileio.write_json_atomically(os.path.join(workdir, "model.json"), task.identity)
     fileio.write_json_atomically(os.path.join(workdir, "config.json"),

@@ -309,7 +309,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_resume_is_exact(
   first = Run(command(8))
   assert first.finish() == 0, first.output[-3000:]
 
-  # Less room than the state needs: the save is refused before anything is written.
+  # Less room than the state needs: the run is refused before its first step.
   small_disk.fill(leave_bytes=600 * 1024)
   refused = Run(command(40))
   assert refused.finish() == 1
@@ -317,6 +317,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_resume_is_exact(
   assert len(errors) == 1, refused.output[-3000:]
   assert (f"error: cannot write checkpoint 12 to {checkpoints} (not enough free space): "
           in errors[0]) and "KiB free there, about 1.5 MiB needed" in errors[0]
+  assert "step 9/40" not in refused.output
   assert sorted(os.listdir(checkpoints)) == ["4", "8"]
   small_disk.unfill()
 
