@@ -43,6 +43,11 @@ import itertools
 import math
 import os
 
+from lct_flax import quiet_tensorflow
+
+if __name__ == "__main__":   # run as a command: TensorFlow's import banners kept off the console
+  quiet_tensorflow.install()
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -213,6 +213,7 @@ def test_prepare_cli_reports_a_missing_directory_in_one_line(tmp_path):
   assert result.returncode == 1
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "annotations/instances_train2017.json" in errors[0]
+  assert "oneDNN custom operations" not in result.stderr   # TensorFlow's import banner
 
 
 def test_a_missing_image_or_foreign_categories_get_one_line(coco_shapes_layout, tmp_path):

@@ -221,6 +221,7 @@ def test_prepare_cli_reports_missing_tars(tmp_path):
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert result.returncode != 0
   assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in result.stderr
+  assert "oneDNN custom operations" not in result.stderr   # TensorFlow's import banner
 
 
 def test_batch_size_must_divide_among_processes(imagenet_config):

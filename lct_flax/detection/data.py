@@ -55,6 +55,11 @@ import json
 import os
 import weakref
 
+from lct_flax import quiet_tensorflow
+
+if __name__ == "__main__":   # run as a command: TensorFlow's import banners kept off the console
+  quiet_tensorflow.install()
+
 from absl import app
 from absl import flags
 from absl import logging
