@@ -550,8 +550,8 @@ def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step
   def open_epoch(epoch, first_batch):
     """Numpy batches of ``epoch`` from ``first_batch`` on; the first one already computed."""
     records = cached if cached is not None else _read(builder, share, _epoch_seed(seed, epoch))
-    logging.info("%s train epoch %d from batch %d (%d batches).", settings.name, epoch,
-                 first_batch, num_batches)
+    logging.vlog(1, "%s train epoch %d from batch %d (%d batches).", settings.name,
+                 epoch, first_batch, num_batches)
     iterator = _train_epoch(
         records, settings, seed=seed, epoch=epoch, num_batches=num_batches,
         first_batch=first_batch, local_batch=local_batch).as_numpy_iterator()
