@@ -143,7 +143,7 @@ def evaluate_export(export_dir: str, *, dataset: Optional[str] = None, split: Op
     from lct_flax.detection import evaluation
     return evaluation.evaluate_export(export_dir, model, variables, config, split=split,
                                       data_dir=data_dir, batch_size=batch_size,
-                                      results_dir=results_dir or export_dir)
+                                      results_dir=results_dir)
   from lct_flax import input_pipeline  # TensorFlow: only once the export is known to be good
   from lct_flax import trainer
   dataset_config = eval_dataset_config(config, dataset=dataset, split=split, data_dir=data_dir)

@@ -136,20 +136,20 @@ def _run(task: Task, workdir: str) -> dict:
     if pretrained_init is not None:
       state, init_record = initialize_from(state, *pretrained_init, task.pretrained_path,
                                            parallel.replicated_sharding(task.mesh))
-  if int(state.step) >= task.total_steps:
+  start_step = int(state.step)
+  if start_step >= task.total_steps:
     logging.info("%s is already at step %d of %d: nothing to train (raise num_train_steps or "
-                 "num_epochs to go on); the workdir is left as it was.", workdir, int(state.step),
+                 "num_epochs to go on); the workdir is left as it was.", workdir, start_step,
                  task.total_steps)
     checkpointer.close()
-    return {"step": int(state.step), "preempted": False}
+    return {"step": start_step, "preempted": False}
   every = config.checkpoint_every_steps
-  checkpointer.check_room(min(task.total_steps, (int(state.step) // every + 1) * every), state)
+  checkpointer.check_room(min(task.total_steps, (start_step // every + 1) * every), state)
   if is_writer:
     fileio.write_json_atomically(os.path.join(workdir, "model.json"), task.identity)
     fileio.write_json_atomically(os.path.join(workdir, "config.json"),
                                  {**json.loads(config.to_json_best_effort()), **init_record})
 
-  start_step = int(state.step)
   batches = input_pipeline.prefetch_to_mesh(task.train_batches(start_step), data_sharding)
   writer = create_metric_writer(workdir, is_writer)
   steps_per_epoch, total_steps = task.steps_per_epoch, task.total_steps

@@ -86,10 +86,10 @@ def descent(config, task, *, parts, trainable, learning_rate, steps):
   under `trainable` (the rest held). Nothing those parameters feed decides which anchors or RoIs
   are sampled, so the loss is a smooth function of them and each small step lowers it by far more
   than float rounding moves it on any CPU (a whole training run, by contrast, is chaotic)."""
+  model = detection_task.create_model(config, task.identity["num_classes"])
   batch = next(iter(data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed,
-      with_masks=config.model.detector in ("mask_rcnn", "cascade_mask_rcnn"))))
-  model = detection_task.create_model(config, task.identity["num_classes"])
+      with_masks=model.settings.with_masks)))
   batch = training.device_batch(batch, training.train_keys(model))
   state = jax.device_get(task.init_state())
   held = {k: v for k, v in state.params.items() if k not in trainable}
