@@ -1,7 +1,7 @@
 """Trains a model: `python train.py --config=configs/<experiment>.py --workdir=DIR`.
 
-Classification configs (configs/*.py) run `lct_flax.trainer`; detection configs
-(configs/detection/*.py, `task="detection"`) run `lct_flax.detection.task`, on the same loop.
+The config's task (`lct_flax.tasks`: classification for configs/*.py, detection for
+configs/detection/*.py) builds the run; `lct_flax.loop` trains it.
 
 Running the same command again resumes from the newest checkpoint in DIR. One run at a time holds
 DIR (a lock file; `--force_unlock` takes over a lock left on another host by a run that is gone).
@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from lct_flax import cli
 from lct_flax import config_schema
+from lct_flax import tasks
 from lct_flax import workdir_lock
 
 FLAGS = flags.FLAGS
@@ -56,11 +57,8 @@ def main(argv):
   parallel.initialize_distributed(parallel.DistributedSettings(
       mode=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id))
-  if FLAGS.config.get("task", "classification") == "detection":
-    from lct_flax.detection import task as train_task
-  else:
-    from lct_flax import trainer as train_task
-  train_task.train_and_evaluate(FLAGS.config, FLAGS.workdir, force_unlock=FLAGS.force_unlock)
+  tasks.of_config(FLAGS.config).train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                                   force_unlock=FLAGS.force_unlock)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Training and inference step time of FPN Faster (or Mask) R-CNN with none/SE/LCT backbones.
 
 Each variant is the real detector of configs/detection/base.py with a ResNet-50 (by default) and
-the given attention, its real training step (`detection.training.train_step`: RPN and R-CNN
+the given attention, its real training step (the detection task's compiled step: RPN and R-CNN
 targets, losses, backward, the SGD update with frozen stem and layer1 and clipping) and its
-inference (`training.detect_step`: proposals, box head, per-class NMS), on random uint8 images
+inference (`detection.training.detect_step`: proposals, box head, per-class NMS), on random uint8 images
 with a few random ground-truth boxes (and, for the mask detectors, bit-packed instance masks
 filling them) at the paper's landscape canvas (800x1344). Variants are
 alternated in one process (A B C A B C ...) after `--warmup` untimed rounds and the table gives
@@ -18,7 +18,6 @@ the programs JAX compiled: one per canvas, never one per batch.
 """
 
 import datetime
-import functools
 import os
 import sys
 
@@ -31,7 +30,7 @@ import numpy as np
 from bench import machine
 from bench import timing
 from configs.detection import base
-from lct_flax.detection import task as detection_task
+from lct_flax.tasks.detection import TASK as DETECTION
 from lct_flax.detection import training
 
 _CANVAS = flags.DEFINE_list("canvas", ["800", "1344"], "Canvas height,width of the timed steps.")
@@ -85,16 +84,13 @@ def build(attention: str, canvas, batch: dict, inference: bool) -> timing.Varian
   """Initialises the state and compiles the training step (or the inference) of one variant."""
   config = make_config(attention)
   config.dataset.canvases = (tuple(canvas),)
-  experiment = detection_task.build_experiment(config, num_classes=NUM_CLASSES,
-                                               steps_per_epoch=1000)
-  state = experiment.init_fn()
+  experiment = DETECTION.build_experiment(config, num_classes=NUM_CLASSES, steps_per_epoch=1000)
+  state = experiment.init_state()
   if inference:
-    step = jax.jit(functools.partial(training.detect_step, model=experiment.model))
+    step = DETECTION.compile_eval_step(experiment)
     state, batch = state.variables, training.device_batch(batch, training.EVAL_KEYS)
   else:
-    step = jax.jit(functools.partial(training.train_step, model=experiment.model,
-                                     optimizer=experiment.optimizer,
-                                     param_labels=experiment.param_labels), donate_argnums=(0,))
+    step = DETECTION.compile_train_step(experiment)
   compiled, lower_s, compile_s = timing.compile_timed(step, state, batch)
   return timing.Variant(
       name=attention, dtype=_DTYPE.value, model=f"{_DETECTOR.value} {_MODEL.value}",
@@ -107,12 +103,9 @@ def compiles_once_per_canvas() -> tuple[int, int]:
   size = tuple(int(v) for v in _CHECK_CANVASES.value)
   config = make_config("lct")
   config.dataset.canvases = (size, size[::-1])
-  experiment = detection_task.build_experiment(config, num_classes=NUM_CLASSES,
-                                               steps_per_epoch=1000)
-  step = jax.jit(functools.partial(training.train_step, model=experiment.model,
-                                   optimizer=experiment.optimizer,
-                                   param_labels=experiment.param_labels), donate_argnums=(0,))
-  state = experiment.init_fn()
+  experiment = DETECTION.build_experiment(config, num_classes=NUM_CLASSES, steps_per_epoch=1000)
+  step = DETECTION.compile_train_step(experiment)
+  state = experiment.init_state()
   for canvas in (size, size[::-1], size, size[::-1]):
     state, _ = step(state, make_batch(canvas, 1))
   jax.block_until_ready(state)

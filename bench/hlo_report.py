@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lct_flax import attention as attention_lib
+from lct_flax import blocks
 from lct_flax import layers
 from lct_flax import models
 
@@ -59,7 +60,7 @@ def make_block(attention: str, dtype) -> models.ResidualBlock:
   return models.ResidualBlock(
       planes=PLANES, stride=1, bottleneck=True, conv=conv, norm=norm,
       attention=attention_lib.attention_factory(attention),
-      attention_name=attention_lib.ATTENTION_MODULE_NAMES.get(attention, "attention"))
+      attention_name=blocks.get(attention).module_name if attention != "none" else "attention")
 
 
 def compile_block(attention: str, dtype, batch: int, backward: bool):

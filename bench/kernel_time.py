@@ -1,6 +1,6 @@
 """Where a training step's time goes, kernel by kernel, for ResNets with none/SE/LCT.
 
-Each variant is the compiled `trainer.train_step` that `bench.train_step` builds. The variants run
+Each variant is the compiled training step that `bench.train_step` builds. The variants run
 in turn (A B C A B C ...) under one JAX profiler trace (Perfetto), so that load from other jobs
 hits them alike; the traced duration of every XLA kernel (an op of the compiled entry computation)
 is summed into the part of the model that the op's HLO metadata names:
@@ -112,7 +112,7 @@ def profile_variants(model: str, dtype: str, batch: dict, trace_dir: str) -> dic
 def main(argv):
   del argv
   batch = train_step_bench.make_batch(FLAGS.batch, FLAGS.image_size)
-  print(f"\nKernel time of the training step (`trainer.train_step`), batch {FLAGS.batch}, "
+  print(f"\nKernel time of the training step (`train_state.train_step`), batch {FLAGS.batch}, "
         f"{FLAGS.image_size} px: milliseconds per step (kernels per step), mean of {FLAGS.steps} "
         f"traced steps after {FLAGS.warmup} untraced. jax {jax.__version__}, "
         f"{jax.default_backend()}. Command: "

@@ -1,8 +1,8 @@
 """Throughput of the jitted training step (and optionally eval forward) of ResNets with none/SE/LCT.
 
-Each variant is the real `trainer.train_step` (forward, backward, BatchNorm statistics, the
-PyTorch-SGD update from `trainer.create_optimizer`) on a config from `configs/base.py`, jitted with
-the state donated. Variants of one dtype are alternated in one process (A B C A B C ...) so that
+Each variant is the classification task's compiled training step (`train_state.train_step` of
+its loss: forward, backward, BatchNorm statistics, the PyTorch-SGD update of `optimization`) on a
+config from `configs/base.py`, the state donated. Variants of one dtype are alternated in one process (A B C A B C ...) so that
 load from other jobs on the machine hits them alike; the first `--warmup` rounds are not timed;
 the table gives the median step time. Compile time is that of the first step, lowering and XLA
 compilation timed separately; with `--compile_rounds=K` the variants are also lowered and compiled
@@ -15,7 +15,6 @@ reports one (GPU; process-wide).
 """
 
 import datetime
-import functools
 import os
 import sys
 
@@ -30,7 +29,7 @@ from bench.timing import (  # noqa: F401  (bench.kernel_time uses them from here
     Variant, compile_timed, device_peak_mib, peak_rss_mib, print_table, time_alternated,
     time_compiles)
 from configs import base
-from lct_flax import trainer
+from lct_flax.tasks.classification import TASK as CLASSIFICATION
 
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Image side in pixels.")
@@ -39,7 +38,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps per variant after the
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
 _MODELS = flags.DEFINE_list("models", ["resnet50"], "Model names.")
 _ATTENTIONS = flags.DEFINE_list("attentions", ["none", "se", "lct"], "Attention blocks.")
-_EVAL = flags.DEFINE_bool("eval", False, "Also time the eval-mode forward (trainer.eval_step).")
+_EVAL = flags.DEFINE_bool("eval", False,
+                          "Also time the eval-mode forward (classifier_steps.eval_step).")
 _COMPILE_ROUNDS = flags.DEFINE_integer(
     "compile_rounds", 0, "Also lower and compile every variant this many more times, alternated, "
     "and report the median lowering and compile times.")
@@ -66,18 +66,13 @@ def build_variant(model_name: str, attention: str, dtype: str, batch: dict,
                   eval_mode: bool) -> Variant:
   """Initialises the state and compiles the train step (or the eval step) of one variant."""
   config = make_config(model_name, attention, dtype, len(batch["label"]), batch["image"].shape[1])
-  model = trainer.create_model(config, num_classes=1000)
-  optimizer = trainer.create_optimizer(
-      config, trainer.create_learning_rate_schedule(config, steps_per_epoch=1000))
-  image_shape = (config.dataset.image_size,) * 2 + (3,)
-  state = jax.jit(functools.partial(trainer.init_state, model, optimizer, config.seed,
-                                    image_shape))()
+  experiment = CLASSIFICATION.build_experiment(config, num_classes=1000, steps_per_epoch=1000)
+  state = experiment.init_state()
   if eval_mode:
-    step = jax.jit(functools.partial(trainer.eval_step, model=model))
+    step = CLASSIFICATION.compile_eval_step(experiment)
     state = state.variables
   else:
-    step = jax.jit(functools.partial(trainer.train_step, model=model, optimizer=optimizer,
-                                     label_smoothing=config.label_smoothing), donate_argnums=(0,))
+    step = CLASSIFICATION.compile_train_step(experiment)
   compiled, lower_s, compile_s = compile_timed(step, state, batch)
   return Variant(name=f"{model_name} {attention}", dtype=dtype, model=model_name,
                  attention=attention, jitted=step, step=compiled, state=state,
@@ -87,8 +82,8 @@ def build_variant(model_name: str, attention: str, dtype: str, batch: dict,
 
 def bench_mode(eval_mode: bool, batch: dict) -> None:
   """Builds, times and prints every dtype's variants; one dtype's states live at a time."""
-  kind = ("eval forward (`trainer.eval_step`)" if eval_mode
-          else "training step (`trainer.train_step`)")
+  kind = ("eval forward (`classifier_steps.eval_step`)" if eval_mode
+          else "training step (`train_state.train_step`)")
   for dtype in _DTYPES.value:
     variants = [build_variant(m, a, dtype, batch, eval_mode)
                 for m in _MODELS.value for a in _ATTENTIONS.value]

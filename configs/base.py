@@ -12,19 +12,10 @@ import ml_collections
 from lct_flax import dataset_defaults
 
 
-def get_config() -> ml_collections.ConfigDict:
+def run_config() -> ml_collections.ConfigDict:
+  """The keys of every run, whatever its task (the loop's, the optimizer's and schedule's,
+  fine-tuning's), at the paper's ImageNet values; configs/detection/base.py extends it too."""
   config = ml_collections.ConfigDict()
-
-  config.model = ml_collections.ConfigDict({
-      "name": "resnet50",
-      "attention": "none",
-      "attention_kwargs": ml_collections.ConfigDict(),
-      "width": 1.0,
-      "small_stem": False,
-      "zero_init_last_bn": False,
-  })
-  config.dataset = dataset_defaults.default_dataset_config("imagenet2012")
-
   config.batch_size = 256                 # global, over all devices and processes
   config.num_epochs = 100
   config.num_train_steps = -1             # -1: num_epochs * steps_per_epoch
@@ -37,13 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule = "step"                # "step" (x lr_decay_factor at lr_decay_epochs) | "cosine"
   config.lr_decay_epochs = (30, 60, 90)
   config.lr_decay_factor = 0.1
-  config.warmup_epochs = 0.0              # linear warm-up from 0, before either schedule
-  config.label_smoothing = 0.0
-
+  config.warmup_epochs = 0.0              # linear warm-up, before either schedule ...
+  config.warmup_steps = 0                 # ... or over this many steps when > 0
+  config.warmup_ratio = 0.0               # ... from this fraction of the learning rate
+  config.grad_clip_norm = 0.0             # > 0: gradients scaled down to this global norm
   config.half_precision = False           # bfloat16 compute, float32 parameters and optimizer
-  config.bn_group_size = 0                # 0: BatchNorm statistics over the global batch
 
-  # Fine-tuning (lct_flax.pretrained, lct_flax.freezing). Applied only to a workdir without
+  # Fine-tuning (lct_flax.finetuning, lct_flax.freezing). Applied only to a workdir without
   # checkpoints: resuming always wins.
   config.init_from = ""                   # export dir, or torch-layout .safetensors / .npz file
   config.init_skip = ()                   # fnmatch patterns of torch names not to load ("fc.*")
@@ -57,6 +48,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1            # 0: only at the end
   config.profile_start_step = -1          # >= 0: JAX profiler trace of steps [start, start + num)
   config.profile_num_steps = 5            # into the workdir (TensorBoard's profile tab)
+  return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The ImageNet classification recipe: a plain ResNet-50 (`imagenet_config` for the others)."""
+  config = run_config()
+  config.model = ml_collections.ConfigDict({
+      "name": "resnet50",
+      "attention": "none",
+      "attention_kwargs": ml_collections.ConfigDict(),
+      "width": 1.0,
+      "small_stem": False,
+      "zero_init_last_bn": False,
+  })
+  config.dataset = dataset_defaults.default_dataset_config("imagenet2012")
+  config.label_smoothing = 0.0
+  config.bn_group_size = 0                # 0: BatchNorm statistics over the global batch
   return config
 
 

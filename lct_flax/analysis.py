@@ -49,6 +49,8 @@ import ml_collections
 import numpy as np
 
 from lct_flax import attention as attention_lib
+from lct_flax import blocks as blocks_lib
+from lct_flax import classifier_evaluation
 from lct_flax import evaluate as evaluate_lib
 from lct_flax import fileio
 from lct_flax import export as export_lib
@@ -56,7 +58,6 @@ from lct_flax import parallel
 from lct_flax import pixels
 
 QUANTITIES = ("context_before", "context_after", "attention")
-ATTENTION_LABELS = {"lct": "LCT", "se": "SE", "se_norm": "SE+"}
 _BLOCK_NAME = re.compile(r"^layer(\d+)_(\d+)$")
 
 
@@ -143,12 +144,17 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> Optional[float]:
 # Which blocks.
 
 
+def _label(attention: str) -> str:
+  block = blocks_lib.get(attention)
+  return block.label if block else attention
+
+
 def attention_module_name(model_config: Any) -> str:
   attention = model_config.get("attention")
   if attention in (None, "none"):
     raise AnalysisError("the model has no attention blocks (attention=none): the analysis needs an "
                         "SE or LCT model.")
-  return attention_lib.ATTENTION_MODULE_NAMES[attention]
+  return blocks_lib.get(attention).module_name
 
 
 def attention_blocks(params: Any, module_name: str, all_blocks: bool = False) -> list[str]:
@@ -255,26 +261,25 @@ def analyze_export(export_dir: str, *, dataset: Optional[str] = None, split: Opt
   blocks = attention_blocks(variables["params"], module_name, all_blocks)
   if not blocks:
     raise AnalysisError(f"found no {module_name!r} blocks in the parameters of {export_dir}.")
-  dataset_config = evaluate_lib.eval_dataset_config(config, dataset=dataset, split=split,
+  dataset_config = classifier_evaluation.eval_dataset_config(config, dataset=dataset, split=split,
                                                     data_dir=data_dir)
-  info = evaluate_lib.dataset_info(dataset_config)
-  evaluate_lib.check_num_classes(int(config.model.num_classes), info, dataset_config, export_dir)
+  info = classifier_evaluation.dataset_info(dataset_config)
+  classifier_evaluation.check_num_classes(int(config.model.num_classes), info, dataset_config, export_dir)
   mesh = parallel.create_mesh()
   if batch_size is None:
-    batch_size = evaluate_lib.default_batch_size(config, mesh.devices.size)
+    batch_size = classifier_evaluation.default_batch_size(config, mesh.devices.size)
   parallel.check_batch_size(batch_size, mesh)
   raw = input_pipeline.create_eval_iterator(dataset_config, global_batch_size=batch_size)
   total = input_pipeline.num_eval_batches(dataset_config, batch_size)
   if max_examples is not None:
     total = min(total, math.ceil(max_examples / batch_size) + 1)
-  batches = evaluate_lib._progress(
+  batches = classifier_evaluation.with_progress_bar(
       _limit_examples(raw, max_examples), total,
       f"{os.path.basename(export_dir)} on {dataset_config.name}:{dataset_config.eval_split}",
       progress and jax.process_index() == 0)
   stats, count = compute_statistics(model, variables, batches, blocks, module_name, mesh,
                                     mean=dataset_config.mean, std=dataset_config.std)
-  return ModelStats(label=label or ATTENTION_LABELS.get(config.model.attention,
-                                                         config.model.attention),
+  return ModelStats(label=label or _label(config.model.attention),
                     export_dir=export_dir, config=config, dataset=dataset_config.name,
                     split=dataset_config.eval_split, count=count, blocks=stats)
 

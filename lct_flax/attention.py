@@ -11,13 +11,13 @@ activation dtype. Nothing here knows about training, so the blocks can be used a
 from __future__ import annotations
 
 import functools
-import dataclasses
 from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lct_flax import blocks
 from lct_flax import layers
 
 
@@ -148,31 +148,12 @@ def rescale(x: jax.Array, attention: jax.Array) -> jax.Array:
   return x * attention[:, None, None, :].astype(x.dtype)
 
 
-ATTENTION_BLOCKS: dict[str, Optional[Callable[..., nn.Module]]] = {
-    "none": None,
-    "se": SE,
-    "se_norm": functools.partial(SE, use_norm=True),
-    "lct": LCT,
-}
-
-# Submodule name of each block inside a residual block, as in the torchvision/timm state dicts.
-ATTENTION_MODULE_NAMES = {"se": "se", "se_norm": "se", "lct": "lct"}
-
-
 def attention_factory(attention: Optional[str], **kwargs) -> Optional[Callable[..., nn.Module]]:
-  """Returns a constructor for the named attention block with `kwargs` bound, or None."""
-  key = "none" if attention is None else attention
-  if key not in ATTENTION_BLOCKS:
-    raise ValueError(f"unknown attention {attention!r}; choose one of {sorted(ATTENTION_BLOCKS)}.")
-  block = ATTENTION_BLOCKS[key]
+  """A constructor of the block registered as `attention` (`lct_flax.blocks`) with `kwargs`
+  bound, or None for no block."""
+  block = blocks.get(attention)
   if block is None:
     if kwargs:
       raise ValueError(f"attention 'none' takes no options, got {sorted(kwargs)}.")
     return None
-  cls = block.func if isinstance(block, functools.partial) else block
-  options = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
-  unknown = sorted(set(kwargs) - options)
-  if unknown:
-    raise ValueError(f"attention {key!r} has no option(s) {unknown}; "
-                     f"its options are {sorted(options)}.")
-  return functools.partial(block, **kwargs)
+  return block.factory(**kwargs)

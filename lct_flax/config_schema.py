@@ -6,9 +6,10 @@ refuses a config with one line that names the key, the value and what is allowed
     config.batch_size=0 is not allowed: it must be an integer >= 1.
 
 The rules are data: `TASK_RULES` maps each task's dotted keys to a rule (`Integer`, `Real`, `Flag`,
-`Name`, `OneOf`, `Numbers`, `Names`, `Text`, `Record`), `ATTENTION_OPTIONS` gives the options of
-each attention block (`model.attention_kwargs`), and `CROSS_CHECKS` relate keys to each other
-(decay epochs inside the run, resize not below the crop, ...). A new config key needs a rule here:
+`Name`, `OneOf`, `Numbers`, `Names`, `Text`, `Record`: `lct_flax.schema_rules`), the attention
+blocks' registrations (`lct_flax.blocks`) give their options (`model.attention_kwargs`), and
+`CROSS_CHECKS` relate keys to each other (decay epochs inside the run, resize not below the crop,
+...). A new config key needs a rule here:
 a key without one is refused as unknown, with the nearest known key suggested, so typos in config
 files are caught too.
 Keys marked `required=False` may be absent (the code has a default, or the key is newer than some
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import numbers
 from typing import Any, Callable, Iterator, Mapping, Optional
+
+from lct_flax import blocks
+from lct_flax.schema_rules import (Flag, Integer, Integers, Name, Names, Numbers, OneOf, Real,
+                                   Record, Shapes, Text)
 
 ATTENTION_KWARGS = "model.attention_kwargs"
 
@@ -30,211 +33,22 @@ class ConfigError(ValueError):
   """A config key is missing, unknown, of the wrong type or out of range."""
 
 
-def _is_int(value: Any) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and math.isfinite(value))
-
-
-def _bound(value: Any) -> str:
-  return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 @dataclasses.dataclass(frozen=True)
-class Integer:
-  """An int in [minimum, maximum] (either end may be open-ended), or one of `also`."""
-  minimum: Optional[int] = None
-  maximum: Optional[int] = None
-  also: tuple[Optional[int], ...] = ()  # special values outside the range (-1: "from epochs")
+class AttentionName:
+  """`model.attention`: "none" or a block registered in `lct_flax.blocks` (when checked)."""
   required: bool = True
 
   def allows(self, value: Any) -> bool:
-    if value is None or _is_int(value):
-      if value in self.also:
-        return True
-    if not _is_int(value):
-      return False
-    return ((self.minimum is None or value >= self.minimum) and
-            (self.maximum is None or value <= self.maximum))
+    return isinstance(value, str) and value in blocks.names()
 
   def describe(self) -> str:
-    if self.minimum is not None and self.maximum is not None:
-      text = f"an integer in [{self.minimum}, {self.maximum}]"
-    elif self.minimum is not None:
-      text = f"an integer >= {self.minimum}"
-    elif self.maximum is not None:
-      text = f"an integer <= {self.maximum}"
-    else:
-      text = "an integer"
-    return " or ".join([str(v) for v in self.also] + [text])
-
-
-@dataclasses.dataclass(frozen=True)
-class Real:
-  """A finite number (int or float) between the bounds; `open_low`/`open_high` exclude them."""
-  minimum: Optional[float] = None
-  maximum: Optional[float] = None
-  open_low: bool = False
-  open_high: bool = False
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    if not _is_real(value):
-      return False
-    if self.minimum is not None and (value < self.minimum or
-                                     (self.open_low and value == self.minimum)):
-      return False
-    return self.maximum is None or not (value > self.maximum or
-                                        (self.open_high and value == self.maximum))
-
-  def condition(self) -> str:
-    """"in [0, 1)", "> 0", ... or "" (any finite number)."""
-    if self.minimum is not None and self.maximum is not None:
-      return (f"in {'(' if self.open_low else '['}{_bound(self.minimum)}, "
-              f"{_bound(self.maximum)}{')' if self.open_high else ']'}")
-    if self.minimum is not None:
-      return f"{'>' if self.open_low else '>='} {_bound(self.minimum)}"
-    if self.maximum is not None:
-      return f"{'<' if self.open_high else '<='} {_bound(self.maximum)}"
-    return ""
-
-  def describe(self) -> str:
-    return f"a finite number {self.condition()}".rstrip()
-
-
-@dataclasses.dataclass(frozen=True)
-class Flag:
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    return isinstance(value, bool)
-
-  def describe(self) -> str:
-    return "True or False"
-
-
-@dataclasses.dataclass(frozen=True)
-class Name:
-  """A non-empty string without surrounding spaces (a dataset, split or directory name)."""
-  optional: bool = False  # None allowed (e.g. data_dir: tfds' default)
-  noun: str = "name"
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    if value is None:
-      return self.optional
-    return isinstance(value, str) and bool(value) and value == value.strip()
-
-  def describe(self) -> str:
-    return ("None or " if self.optional else "") + f"a non-empty {self.noun}"
-
-
-@dataclasses.dataclass(frozen=True)
-class OneOf:
-  choices: tuple[str, ...]
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    return isinstance(value, str) and value in self.choices
-
-  def describe(self) -> str:
-    return "one of " + ", ".join(repr(c) for c in self.choices)
-
-
-@dataclasses.dataclass(frozen=True)
-class Numbers:
-  """A tuple (or JSON list) of numbers, each allowed by `element`; `length` None: any length."""
-  element: Real
-  length: Optional[int] = None
-  ascending: bool = False  # strictly
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    if not isinstance(value, (tuple, list)):
-      return False
-    if self.length is not None and len(value) != self.length:
-      return False
-    if not all(self.element.allows(v) for v in value):
-      return False
-    return not self.ascending or all(a < b for a, b in zip(value, value[1:]))
-
-  def describe(self) -> str:
-    count = f"{self.length} finite numbers" if self.length else "a tuple of finite numbers"
-    each = f", each {self.element.condition()}" if self.element.condition() else ""
-    return count + each + (", strictly ascending" if self.ascending else "")
-
-
-@dataclasses.dataclass(frozen=True)
-class Names:
-  """A tuple (or JSON list) of non-empty strings; may be empty."""
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    return isinstance(value, (tuple, list)) and all(Name().allows(v) for v in value)
-
-  def describe(self) -> str:
-    return "a tuple of non-empty strings"
-
-
-@dataclasses.dataclass(frozen=True)
-class Integers:
-  """A tuple (or JSON list) of `length` integers >= `minimum` (e.g. an image scale)."""
-  length: int
-  minimum: int = 1
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    return (isinstance(value, (tuple, list)) and len(value) == self.length
-            and all(_is_int(v) and v >= self.minimum for v in value))
-
-  def describe(self) -> str:
-    return f"{self.length} integers >= {self.minimum}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Shapes:
-  """A non-empty tuple of (height, width) pairs of positive integers (detection canvases)."""
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    return (isinstance(value, (tuple, list)) and bool(value)
-            and all(Integers(2).allows(pair) for pair in value))
-
-  def describe(self) -> str:
-    return "a non-empty tuple of (height, width) pairs of positive integers"
-
-
-@dataclasses.dataclass(frozen=True)
-class Text:
-  """Any string, "" included (e.g. init_from: "" for none; whether the file exists is checked
-  where it is read, as a resumed run does not read it)."""
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    return isinstance(value, str)
-
-  def describe(self) -> str:
-    return "a string ('' for none)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-  """A mapping the run writes into config.json itself (provenance, not a setting)."""
-  required: bool = False
-
-  def allows(self, value: Any) -> bool:
-    return isinstance(value, Mapping)
-
-  def describe(self) -> str:
-    return "a record written by train.py (leave it out of configs)"
+    return "one of " + ", ".join(repr(name) for name in blocks.names())
 
 
 @dataclasses.dataclass(frozen=True)
 class AttentionOptions:
-  """`model.attention_kwargs`: a section checked against ATTENTION_OPTIONS[model.attention]."""
+  """`model.attention_kwargs`: a section checked against the options of the block
+  `model.attention` names (`lct_flax.blocks`)."""
   required: bool = True
 
   def describe(self) -> str:
@@ -245,7 +59,7 @@ class AttentionOptions:
 COMMON_RULES: dict[str, Any] = {
     "task": OneOf(("classification", "detection"), required=False),  # absent: classification
     "model.name": OneOf(("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
-    "model.attention": OneOf(("none", "se", "se_norm", "lct")),
+    "model.attention": AttentionName(),
     ATTENTION_KWARGS: AttentionOptions(),
     "model.width": Real(minimum=1 / 64),  # 64 * width stem channels, at least 1
     "model.zero_init_last_bn": Flag(required=False),
@@ -325,18 +139,6 @@ TASK_RULES = {"classification": {**COMMON_RULES, **CLASSIFICATION_RULES},
 RULES = TASK_RULES["classification"]
 
 
-# The options of each attention block (lct_flax.attention's dataclass fields); all optional.
-_SE_OPTIONS = {"reduction": Integer(minimum=1), "use_norm": Flag(), "groups": Integer(minimum=1),
-               "epsilon": Real(0, open_low=True)}
-ATTENTION_OPTIONS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "lct": {"groups": Integer(minimum=1), "epsilon": Real(0, open_low=True), "w_init": Real(),
-            "b_init": Real(), "use_norm": Flag(), "use_transform": Flag()},
-    "se": _SE_OPTIONS,
-    "se_norm": _SE_OPTIONS,
-}
-
-
 Problem = tuple[str, str]  # (key, message)
 
 
@@ -371,7 +173,7 @@ def _warmup_inside_run(c: Mapping[str, Any]) -> Optional[Problem]:
     return _problem("warmup_epochs", warmup, f"a number in [0, num_epochs={epochs})")
   if c.get("schedule") == "step" and decays and warmup > decays[0]:
     return _problem("warmup_epochs", warmup,
-                    f"a number in [0, {_bound(decays[0])}] (the first lr_decay_epochs)")
+                    f"a number in [0, {decays[0]:g}] (the first lr_decay_epochs)")
   return None
 
 
@@ -419,7 +221,7 @@ def _attention_option_problems(attention: str, options: Any) -> Iterator[Problem
   if not isinstance(options, Mapping):
     yield _problem(ATTENTION_KWARGS, options, RULES[ATTENTION_KWARGS].describe())
     return
-  rules = ATTENTION_OPTIONS[attention]
+  rules = blocks.get(attention).options if attention != blocks.NONE else {}
   for name, value in options.items():
     key = f"{ATTENTION_KWARGS}.{name}"
     if name not in rules:
@@ -457,7 +259,7 @@ def problems(config: Any) -> list[Problem]:
       found.append(_unknown_key(key, rules))
     elif key == ATTENTION_KWARGS:
       attention = flat.get("model.attention")
-      if attention in ATTENTION_OPTIONS:
+      if attention in blocks.names():
         found.extend(_attention_option_problems(attention, value))
     elif rules[key].allows(value):
       valid[key] = value
@@ -483,7 +285,7 @@ def describe(key: str) -> Optional[str]:
     if key in rules:
       return rules[key].describe()
   prefix, _, option = key.rpartition(".")
-  for rules in ATTENTION_OPTIONS.values():
-    if prefix == ATTENTION_KWARGS and option in rules:
-      return rules[option].describe()
+  for block in blocks.BLOCKS.values():
+    if prefix == ATTENTION_KWARGS and option in block.options:
+      return block.options[option].describe()
   return None

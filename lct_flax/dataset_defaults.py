@@ -38,3 +38,11 @@ def default_dataset_config(name="imagenet2012", **overrides):
   })
   config.update(overrides)
   return config
+
+
+def pixel_mean_std(dataset_config) -> tuple[tuple, tuple]:
+  """The RGB ``mean`` and ``std`` (0..255 scale, defaults filled in) that the jitted steps
+  normalise this dataset's uint8 batches with (``pixels.normalize``)."""
+  defaults = default_dataset_config(dataset_config.name)
+  return tuple(tuple(float(v) for v in dataset_config.get(key, defaults[key]))
+               for key in ("mean", "std"))

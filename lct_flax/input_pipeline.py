@@ -58,6 +58,7 @@ import tensorflow_datasets as tfds
 
 from lct_flax import datasets as _datasets  # noqa: F401  (registers sklearn_digits with tfds)
 from lct_flax import resampling
+from lct_flax import tfds_preparation
 # Defined without TensorFlow (configs and command-line checks use them); re-exported here.
 from lct_flax.dataset_defaults import IMAGENET_MEAN_RGB  # noqa: F401
 from lct_flax.dataset_defaults import IMAGENET_STDDEV_RGB  # noqa: F401
@@ -134,13 +135,6 @@ def _settings(dataset_config):
   return _Settings(**values)
 
 
-def pixel_mean_std(dataset_config):
-  """The RGB ``mean`` and ``std`` (0..255 scale, defaults filled in) that the jitted steps
-  normalise this dataset's uint8 batches with (``pixels.normalize``)."""
-  settings = _settings(dataset_config)
-  return settings.mean, settings.std
-
-
 def _count(process_count):
   return jax.process_count() if process_count is None else process_count
 
@@ -164,52 +158,36 @@ def _local_batch_size(global_batch_size, process_count):
 # Builders and preparation.
 
 
-def _builder(settings):
-  try:
-    return tfds.builder(settings.name, data_dir=settings.data_dir)
-  except tfds.core.registered.DatasetNotFoundError as error:
-    raise DatasetError(f"unknown dataset {settings.name!r}; use a tfds name (see "
-                       f"tfds.list_builders(), e.g. imagenet2012 or cifar10) or "
-                       f"sklearn_digits.") from error
+def _source(settings):
+  """How `tfds_preparation` finds and prepares the dataset (ImageNet: from its two tars)."""
 
+  def command(manual_dir):
+    line = f"python -m lct_flax.input_pipeline --dataset={settings.name}"
+    if settings.data_dir:
+      line += f" --data_dir={settings.data_dir}"
+    if settings.name in MANUAL_FILES:
+      line += f" --manual_dir={manual_dir}"
+    return line
 
-def _manual_dir(settings, builder):
-  if settings.manual_dir:
-    return os.path.expanduser(settings.manual_dir)
-  return os.fspath(builder.data_dir_root / "downloads" / "manual")
+  def missing(manual_dir):
+    files = MANUAL_FILES.get(settings.name, ())
+    if all(tf.io.gfile.exists(os.path.join(manual_dir, f)) for f in files):
+      return None
+    return DatasetError(
+        f"{settings.name} is not prepared and {manual_dir} lacks {' and '.join(files)}: put both "
+        f"files in {manual_dir} (or point dataset.manual_dir at them) and run "
+        f"`{command(manual_dir)}`.")
 
-
-def _prepare_command(settings, manual_dir):
-  command = f"python -m lct_flax.input_pipeline --dataset={settings.name}"
-  if settings.data_dir:
-    command += f" --data_dir={settings.data_dir}"
-  if settings.name in MANUAL_FILES:
-    command += f" --manual_dir={manual_dir}"
-  return command
-
-
-def _missing_manual_files(settings, manual_dir):
-  return [f for f in MANUAL_FILES.get(settings.name, ())
-          if not tf.io.gfile.exists(os.path.join(manual_dir, f))]
-
-
-def _missing_files_message(settings, manual_dir):
-  files = " and ".join(MANUAL_FILES[settings.name])
-  return (f"{settings.name} is not prepared and {manual_dir} lacks {files}: put both files in "
-          f"{manual_dir} (or point dataset.manual_dir at them) and run "
-          f"`{_prepare_command(settings, manual_dir)}`.")
+  return tfds_preparation.Source(
+      name=settings.name, data_dir=settings.data_dir, manual_dir=settings.manual_dir,
+      command=command, error=DatasetError, missing=missing,
+      unknown="use a tfds name (see tfds.list_builders(), e.g. imagenet2012 or cifar10) or "
+              "sklearn_digits")
 
 
 def _prepared_builder(settings):
   """The tfds builder of a prepared dataset; DatasetError saying how to prepare it otherwise."""
-  builder = _builder(settings)
-  if builder.is_prepared():
-    return builder
-  manual_dir = _manual_dir(settings, builder)
-  if _missing_manual_files(settings, manual_dir):
-    raise DatasetError(_missing_files_message(settings, manual_dir))
-  raise DatasetError(f"{settings.name} is not prepared in {builder.data_dir_root}: run "
-                     f"`{_prepare_command(settings, manual_dir)}` once.")
+  return tfds_preparation.prepared_builder(_source(settings))
 
 
 def prepare_dataset(dataset_config):
@@ -221,16 +199,7 @@ def prepare_dataset(dataset_config):
   tfds datasets download as tfds does; ``sklearn_digits`` is built from scikit-learn's bundled
   copy. Run it on one process (or before launching) when processes share ``data_dir``.
   """
-  settings = _settings(dataset_config)
-  builder = _builder(settings)
-  if builder.is_prepared():
-    logging.info("%s is already prepared in %s.", settings.name, builder.data_dir)
-    return
-  manual_dir = _manual_dir(settings, builder)
-  if _missing_manual_files(settings, manual_dir):
-    raise DatasetError(_missing_files_message(settings, manual_dir))
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  tfds_preparation.prepare(_source(_settings(dataset_config)))
 
 
 def _process_splits(split, process_count):
@@ -643,7 +612,7 @@ def _main(argv):
   except DatasetError as error:
     raise SystemExit(f"error: {error}") from None
   info = get_dataset_info(config)
-  print(f"{config.name} ready in {_builder(_settings(config)).data_dir}: {info}")
+  print(f"{config.name} ready in {_prepared_builder(_settings(config)).data_dir}: {info}")
 
 
 if __name__ == "__main__":

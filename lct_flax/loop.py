@@ -1,12 +1,12 @@
-"""The training loop every task shares: classification (`trainer`) and detection
-(`detection.task`) supply a `Task`; `run(task, workdir)` does the rest.
+"""The training loop every task shares: a task (`lct_flax.tasks`) builds a `Training`;
+`run(make_training, workdir)` does the rest.
 
-What every run needs lives here once: the workdir lock and compatibility check, initialisation
-from pretrained weights (`config.init_from`, applied only to a workdir without checkpoints),
-orbax checkpoints with exact resume (state and data position), SIGTERM/SIGINT stops at a step
-boundary with a checkpoint, the NaN guard, TensorBoard scalars, the progress line with img/s and
-ETA, periodic evaluation and the profiler window. Steps are compiled functions over a device mesh
-with one "data" axis (the batch sharded, the state replicated).
+What every run needs lives here once: the workdir lock and compatibility check, orbax checkpoints
+with exact resume (state and data position), SIGTERM/SIGINT stops at a step boundary with a
+checkpoint, the NaN guard, TensorBoard scalars, the progress line with img/s and ETA, periodic
+evaluation and the profiler window. Steps are compiled functions over a device mesh with one
+"data" axis (the batch sharded, the state replicated). How the first state is made (fine-tuning
+from pretrained weights, `lct_flax.finetuning`) is the task's, supplied as `initialize`.
 """
 
 from __future__ import annotations
@@ -15,77 +15,60 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import traverse_util
 
 from lct_flax import checkpointing
 from lct_flax import fileio
 from lct_flax import parallel
 from lct_flax import preemption
-from lct_flax import pretrained
 from lct_flax import profiling
 from lct_flax import workdir_lock
-
-# config.json keys the run writes itself (provenance), beside the config.
-INIT_RECORD_KEY = "init_from_source"
+from lct_flax.train_state import TrainState
 
 
 class TrainingError(RuntimeError):
   """Training cannot go on (non-finite loss, incompatible workdir, bad config)."""
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Everything a run needs to continue exactly: the step, the model's variables, the optimizer
-  state and the base RNG key (each step folds in its step number)."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  rng: jax.Array
-
-  @property
-  def variables(self) -> dict:
-    return {"params": self.params, "batch_stats": self.batch_stats}
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The loop's own settings, read once from the config."""
+  batch_size: int
+  checkpoint_every_steps: int
+  keep_checkpoints: int
+  log_every_steps: int
+  eval_every_epochs: int
+  profile_start_step: int
+  profile_num_steps: int
 
   @classmethod
-  def create(cls, variables: dict, optimizer: optax.GradientTransformation,
-             rng: jax.Array) -> "TrainState":
-    """The state at step 0 of freshly initialised model `variables`."""
-    params = variables["params"]
-    return cls(step=jnp.zeros((), jnp.int32), params=params,
-               batch_stats=variables.get("batch_stats", {}), opt_state=optimizer.init(params),
-               rng=rng)
-
-
-def abstract_state_of(init_state: Callable[[], TrainState], mesh: Any) -> TrainState:
-  """Shapes, dtypes and (replicated) shardings of the state `init_state()` creates, without
-  creating it: what a checkpoint is restored into."""
-  replicated = parallel.replicated_sharding(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                      jax.eval_shape(init_state))
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Settings":
+    return cls(batch_size=config.batch_size,
+               checkpoint_every_steps=config.checkpoint_every_steps,
+               keep_checkpoints=config.get("keep_checkpoints", 3),
+               log_every_steps=config.log_every_steps, eval_every_epochs=config.eval_every_epochs,
+               profile_start_step=config.profile_start_step,
+               profile_num_steps=config.profile_num_steps)
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
-  """One kind of training as the loop sees it.
+class Training:
+  """One run as the loop sees it; a task builds it (`Task.training`).
 
   `identity` (JSON) is written to the workdir's model.json; a workdir holding another identity is
-  refused. `train_step(state, batch)` and `init_state()` are compiled over `mesh`;
-  `train_batches(start_step)` yields host-local NumPy batches of the fields `train_step` reads,
-  from that step of the stream on; `evaluate(state)` returns "eval_*" scalars and
-  `describe_eval` their log line. `log_keys` are the train metrics (besides the loss) of the
-  progress line. `pretrained_path` is where a ResNet's variables sit in the state (`init_from`
-  loads torchvision/timm-layout weights there: () for a classifier, ("backbone",) for a
-  detector).
+  refused (keys an older model.json lacks take `identity_defaults`). `train_step(state, batch)`
+  and `init_state()` are compiled over `mesh`; `train_batches(start_step)` yields host-local
+  NumPy batches of the fields `train_step` reads, from that step of the stream on;
+  `evaluate(state)` returns "eval_*" scalars and `describe_eval` their log line. `log_keys` are
+  the train metrics (besides the loss) of the progress line. `initialize(state)`, when given,
+  turns the fresh state of a new run into its first one and returns the record config.json
+  keeps of it; `record` is the one of the run already in the workdir.
   """
   config: ml_collections.ConfigDict
   mesh: Any
@@ -101,91 +84,99 @@ class Task:
   describe_eval: Callable[[dict], str]
   description: str
   log_keys: tuple = ()
-  pretrained_path: tuple = ()
+  identity_defaults: dict = dataclasses.field(default_factory=dict)
+  initialize: Optional[Callable[[TrainState], tuple[TrainState, dict]]] = None
+  record: dict = dataclasses.field(default_factory=dict)
 
-
-def run(make_task: Callable[[], Task], workdir: str, *, force_unlock: bool = False) -> dict:
-  """Trains the task `make_task()` builds in `workdir` to its last step, resuming from the newest
+def run(make_training: Callable[[], Training], workdir: str, *,
+        force_unlock: bool = False) -> dict:
+  """Trains what `make_training()` builds in `workdir` to its last step, resuming from the newest
   checkpoint. The workdir's lock is taken first (a second run on a held workdir is refused before
   it builds anything) and held throughout; `force_unlock` takes over one left on another host.
   Returns the last eval metrics with "step" and "preempted"."""
   with workdir_lock.hold(workdir, force=force_unlock, process_index=jax.process_index(),
                          process_count=jax.process_count()):
-    return _run(make_task(), workdir)
+    return _run(make_training(), workdir)
 
 
-def _run(task: Task, workdir: str) -> dict:
-  from lct_flax import input_pipeline  # TensorFlow: only when training
-
-  config = task.config
-  parallel.check_batch_size(config.batch_size, task.mesh)
-  data_sharding = parallel.batch_sharding(task.mesh)
-  is_writer = jax.process_index() == 0
-  check_workdir_compatible(workdir, task.identity)
-
-  init_record = _previous_init_record(workdir)
-  pretrained_init = None
-  if config.get("init_from") and not _has_checkpoint(workdir):
-    pretrained_init = plan_init_from(task)   # refusals before anything is written
-  checkpointer = checkpointer_for(workdir, config)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(task.abstract_state())
-    logging.info("Resumed from %s", checkpointer.path(checkpointer.latest_step()))
-  else:
-    state = task.init_state()
-    if pretrained_init is not None:
-      state, init_record = initialize_from(state, *pretrained_init, task.pretrained_path,
-                                           parallel.replicated_sharding(task.mesh))
+def _run(training: Training, workdir: str) -> dict:
+  settings = Settings.from_config(training.config)
+  parallel.check_batch_size(settings.batch_size, training.mesh)
+  check_workdir_compatible(workdir, training.identity, training.identity_defaults)
+  checkpointer = checkpointer_for(workdir, max_to_keep=settings.keep_checkpoints)
+  state, record = _first_state(training, checkpointer)
   start_step = int(state.step)
-  if start_step >= task.total_steps:
+  if start_step >= training.total_steps:
     logging.info("%s is already at step %d of %d: nothing to train (raise num_train_steps or "
                  "num_epochs to go on); the workdir is left as it was.", workdir, start_step,
-                 task.total_steps)
+                 training.total_steps)
     checkpointer.close()
     return {"step": start_step, "preempted": False}
-  every = config.checkpoint_every_steps
-  checkpointer.check_room(min(task.total_steps, (start_step // every + 1) * every), state)
-  if is_writer:
-    fileio.write_json_atomically(os.path.join(workdir, "model.json"), task.identity)
-    fileio.write_json_atomically(os.path.join(workdir, "config.json"),
-                                 {**json.loads(config.to_json_best_effort()), **init_record})
-
-  batches = input_pipeline.prefetch_to_mesh(task.train_batches(start_step), data_sharding)
-  writer = create_metric_writer(workdir, is_writer)
-  steps_per_epoch, total_steps = task.steps_per_epoch, task.total_steps
-  progress = _Progress(start_step, total_steps, config.batch_size)
-  eval_every = config.eval_every_epochs * steps_per_epoch
-  pending_metrics = []
-  eval_metrics = {}
+  every = settings.checkpoint_every_steps
+  checkpointer.check_room(min(training.total_steps, (start_step // every + 1) * every), state)
+  if jax.process_index() == 0:
+    fileio.write_json_atomically(os.path.join(workdir, "model.json"), training.identity)
+    fileio.write_json_atomically(
+        os.path.join(workdir, "config.json"),
+        {**json.loads(training.config.to_json_best_effort()), **record})
   logging.info("Training %s for %d steps (%d per epoch) on %d devices, from step %d",
-               task.description, total_steps, steps_per_epoch, task.mesh.devices.size,
-               start_step)
-  profiler = profiling.StepProfiler(workdir, config.profile_start_step, config.profile_num_steps)
-  step = start_step
-  preempted = False
+               training.description, training.total_steps, training.steps_per_epoch,
+               training.mesh.devices.size, start_step)
+  return _train(training, settings, state, workdir, checkpointer)
+
+
+def _first_state(training: Training,
+                 checkpointer: checkpointing.Checkpointer) -> tuple[TrainState, dict]:
+  """The newest checkpoint's state, or the fresh (and `initialize`d) one; with the init record
+  config.json keeps."""
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(training.abstract_state())
+    logging.info("Resumed from %s", checkpointer.path(checkpointer.latest_step()))
+    return state, training.record
+  state = training.init_state()
+  if training.initialize is None:
+    return state, training.record
+  return training.initialize(state)
+
+
+def _train(training: Training, settings: Settings, state: TrainState, workdir: str,
+           checkpointer: checkpointing.Checkpointer) -> dict:
+  """Steps from `state` to the last step: logs, checkpoints, evaluations, preemption stops."""
+  from lct_flax import input_pipeline  # TensorFlow: only when training
+
+  step = start_step = int(state.step)
+  total_steps, steps_per_epoch = training.total_steps, training.steps_per_epoch
+  batches = input_pipeline.prefetch_to_mesh(training.train_batches(start_step),
+                                            parallel.batch_sharding(training.mesh))
+  writer = create_metric_writer(workdir, jax.process_index() == 0)
+  progress = _Progress(start_step, total_steps, settings.batch_size)
+  eval_every = settings.eval_every_epochs * steps_per_epoch
+  pending_metrics, eval_metrics, preempted = [], {}, False
+  profiler = profiling.StepProfiler(workdir, settings.profile_start_step,
+                                    settings.profile_num_steps)
   try:
     with preemption.PreemptionWatcher() as watcher:
       while step < total_steps and not preempted:
         profiler.step(step, wait_for=state)
-        state, metrics = task.train_step(state, next(batches))
+        state, metrics = training.train_step(state, next(batches))
         step += 1
         pending_metrics.append(metrics)
         is_last = step == total_steps
         preempted = watcher.reached(step)
-        save = is_last or preempted or step % config.checkpoint_every_steps == 0
-        if step % config.log_every_steps == 0 or save:
+        save = is_last or preempted or step % settings.checkpoint_every_steps == 0
+        if step % settings.log_every_steps == 0 or save:
           summary = summarise(pending_metrics, step)
           pending_metrics = []
-          summary.update(progress.report(step), learning_rate=float(task.schedule(step - 1)))
+          summary.update(progress.report(step), learning_rate=float(training.schedule(step - 1)))
           writer.write_scalars(step, summary)
-          logging.info("%s", _progress_line(summary, task.log_keys, step, steps_per_epoch,
+          logging.info("%s", _progress_line(summary, training.log_keys, step, steps_per_epoch,
                                             total_steps))
         if save:
           checkpointer.save(step, state)
         if (eval_every and step % eval_every == 0) or is_last:
-          eval_metrics = _evaluate_keeping_state(task, state, step, checkpointer)
+          eval_metrics = _evaluate_keeping_state(training, state, step, checkpointer)
           writer.write_scalars(step, eval_metrics)
-          logging.info("eval at step %d: %s", step, task.describe_eval(eval_metrics))
+          logging.info("eval at step %d: %s", step, training.describe_eval(eval_metrics))
         if preempted:
           logging.warning("Stopped at step %d (%s); checkpoint %s. Run the same command to "
                           "resume.", step, watcher.received or "preemption",
@@ -198,12 +189,12 @@ def _run(task: Task, workdir: str) -> dict:
   return {"step": step, "preempted": preempted, **eval_metrics}
 
 
-def _evaluate_keeping_state(task: Task, state: TrainState, step: int,
+def _evaluate_keeping_state(training: Training, state: TrainState, step: int,
                             checkpointer: checkpointing.Checkpointer) -> dict:
-  """`task.evaluate(state)`; if it fails (a corrupt eval image, say), the training state of `step`
-  is checkpointed (unless it already is) before the error is raised: no step is lost to it."""
+  """`training.evaluate(state)`; if it fails (a corrupt eval image, say), the training state of
+  `step` is checkpointed (unless it already is) before the error is raised: no step is lost to it."""
   try:
-    return task.evaluate(state)
+    return training.evaluate(state)
   except Exception as error:
     checkpointer.save(step, state)
     detail = (str(error).strip().splitlines() or [""])[0][:300]
@@ -239,15 +230,15 @@ def summarise(step_metrics: list[dict], step: int) -> dict:
 # Workdir, checkpoints, logs.
 
 
-def check_workdir_compatible(workdir: str, identity: dict) -> None:
+def check_workdir_compatible(workdir: str, identity: dict, defaults: dict) -> None:
   """Refuses to resume from a workdir whose run had another model (nothing is overwritten).
-  Keys a workdir's model.json lacks (written before they existed) take IDENTITY_DEFAULTS."""
+  Keys a workdir's model.json lacks (written before they existed) take `defaults`."""
   path = os.path.join(workdir, "model.json")
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = {**IDENTITY_DEFAULTS, **json.load(f)}
-  wanted = {**IDENTITY_DEFAULTS, **json.loads(json.dumps(identity))}
+    saved = {**defaults, **json.load(f)}
+  wanted = {**defaults, **json.loads(json.dumps(identity))}
   if saved != wanted:
     diffs = ", ".join(f"{k}: {saved.get(k)!r} in the workdir vs {wanted.get(k)!r} now"
                       for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k))
@@ -255,14 +246,11 @@ def check_workdir_compatible(workdir: str, identity: dict) -> None:
                         f"use a new --workdir or the workdir's own config.")
 
 
-# Values of identity keys that a workdir written before the key existed implies.
-IDENTITY_DEFAULTS = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1"}
-
-
-def checkpointer_for(workdir: str, config: ml_collections.ConfigDict, *,
+def checkpointer_for(workdir: str, *, max_to_keep: int = 3,
                      create: bool = True) -> checkpointing.Checkpointer:
+  """The checkpoints of the run in `workdir` (read-only use: `create=False`)."""
   return checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.get("keep_checkpoints", 3), create=create)
+                                    max_to_keep=max_to_keep, create=create)
 
 
 def create_metric_writer(workdir: str, is_writer: bool) -> fileio.ReportingWriter:
@@ -296,75 +284,3 @@ class _Progress:
     self._last_step, self._last_time = step, now
     return {"step_time": step_time, "images_per_sec": self.batch_size / step_time,
             "eta_seconds": step_time * (self.total_steps - step)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Initialisation from pretrained weights.
-
-
-def _subtree(tree: Any, path: tuple) -> Any:
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _with_subtree(tree: dict, path: tuple, value: Any) -> dict:
-  if not path:
-    return value
-  return {**tree, path[0]: _with_subtree(tree[path[0]], path[1:], value)}
-
-
-def _pretrained_variables(state: TrainState, path: tuple) -> dict:
-  return {"params": _subtree(state.params, path),
-          "batch_stats": _subtree(state.batch_stats, path)}
-
-
-def plan_init_from(task: Task) -> tuple[pretrained.Source, pretrained.LoadPlan]:
-  """Reads `config.init_from` and decides what it loads into the task's ResNet (see
-  `lct_flax.pretrained`); raises ValueError naming whatever does not fit."""
-  config = task.config
-  source = pretrained.read_source(config.init_from)
-  target = traverse_util.flatten_dict(_pretrained_variables(task.abstract_state(),
-                                                            task.pretrained_path))
-  return source, pretrained.plan_load(target, source.state_dict,
-                                      tuple(config.get("init_skip", ())))
-
-
-def initialize_from(state: TrainState, source: pretrained.Source, plan: pretrained.LoadPlan,
-                    path: tuple, sharding: Any) -> tuple[TrainState, dict]:
-  """`state` with the planned variables loaded at `path`, and the record config.json keeps of
-  the source. Logs the table of what was loaded."""
-  logging.info("%s", pretrained.describe(source, plan))
-  host = jax.device_get(_pretrained_variables(state, path))
-  loaded = jax.tree.map(
-      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]),
-      pretrained.apply_plan(host, plan))
-  record = {INIT_RECORD_KEY: {"path": source.path, "kind": source.kind, "sha256": source.sha256,
-                              "loaded": len(plan.arrays), "initialised_fresh": plan.fresh,
-                              "skipped": plan.skipped}}
-  return state.replace(
-      params=_with_subtree(state.params, path, loaded["params"]),
-      batch_stats=_with_subtree(state.batch_stats, path, loaded["batch_stats"])), record
-
-
-def _has_checkpoint(workdir: str) -> bool:
-  """Whether `workdir` holds a checkpoint (looked up without creating anything)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return False
-  checkpointer = checkpointing.Checkpointer(directory, create=False)
-  try:
-    return checkpointer.latest_step() is not None
-  finally:
-    checkpointer.close()
-
-
-def _previous_init_record(workdir: str) -> dict:
-  """The init_from record of the run already in `workdir` (kept when it resumes)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    saved = json.load(f)
-  return {INIT_RECORD_KEY: saved[INIT_RECORD_KEY]} if INIT_RECORD_KEY in saved else {}
-

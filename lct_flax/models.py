@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from lct_flax import attention as attention_lib
+from lct_flax import blocks
 from lct_flax import layers
 
 STAGE_SIZES = {
@@ -122,7 +123,8 @@ class ResNet(nn.Module):
                                group_size=self.bn_group_size, dtype=self.dtype)
 
     attention = attention_lib.attention_factory(self.attention, **self.attention_kwargs)
-    attention_name = attention_lib.ATTENTION_MODULE_NAMES.get(self.attention or "none", "attention")
+    block = blocks.get(self.attention)
+    attention_name = block.module_name if block else "attention"
     base = int(round(64 * self.width))
 
     x = x.astype(self.dtype)

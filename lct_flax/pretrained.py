@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 import os
 from typing import Sequence
 
 import numpy as np
 from flax import traverse_util
 
-from lct_flax import attention as attention_lib
+from lct_flax import blocks
+from lct_flax import export_format
 from lct_flax import interop
 
 CLASSIFIER_PREFIX = "fc."
-_ATTENTION_PARTS = {f".{name}." for name in attention_lib.ATTENTION_MODULE_NAMES.values()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,32 +52,22 @@ class LoadPlan:
   skipped: list
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def read_source(path: str) -> Source:
   """The state dict at `path` (export directory, .safetensors or .npz), in torch layout."""
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(path):
-    from lct_flax import export  # pylint: disable=import-outside-toplevel
-
-    metadata = export.read_metadata(path)
+    metadata = export_format.read_metadata(path)
     model = metadata.get("model", {})
     if model.get("task") == "detection":
       raise ValueError(f"init_from: {path} is a detector export ({model.get('detector')} with a "
                        f"{model.get('name')} backbone); init_from takes a classifier: an export "
                        f"of a classification run, or a torchvision/timm-layout .safetensors / "
                        f".npz state dict.")
-    flat = export.load_variables(path, metadata)
-    state_dict = interop.to_torch_state_dict(export.unflatten_variables(flat))
+    flat = export_format.load_variables(path, metadata)
+    state_dict = interop.to_torch_state_dict(export_format.unflatten_variables(flat))
     return Source(path, "export", metadata["sha256"], state_dict)
   state_dict = interop.read_state_dict_file(path)
-  return Source(path, os.path.splitext(path)[1][1:], _sha256_file(path), state_dict)
+  return Source(path, os.path.splitext(path)[1][1:], export_format.sha256(path), state_dict)
 
 
 def _skipped(name: str, patterns: Sequence[str]) -> bool:
@@ -86,7 +75,8 @@ def _skipped(name: str, patterns: Sequence[str]) -> bool:
 
 
 def _may_stay_fresh(name: str) -> bool:
-  return name.startswith(CLASSIFIER_PREFIX) or any(p in name for p in _ATTENTION_PARTS)
+  return name.startswith(CLASSIFIER_PREFIX) or any(f".{block.module_name}." in name
+                                                     for block in blocks.BLOCKS.values())
 
 
 def plan_load(target: dict, state_dict: dict, skip: Sequence[str] = ()) -> LoadPlan:

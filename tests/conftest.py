@@ -93,7 +93,7 @@ def tiny_demo_run(_prepared_digits, tmp_path_factory):
   """
   import types
 
-  from lct_flax import trainer
+  from lct_flax.tasks.classification import TASK as CLASSIFICATION
   from tiny import tiny_demo_config
 
   config = tiny_demo_config(_prepared_digits.data_dir,
@@ -101,7 +101,7 @@ def tiny_demo_run(_prepared_digits, tmp_path_factory):
                             log_every_steps=TINY_DEMO["log_every_steps"],
                             checkpoint_every_steps=100_000, eval_every_epochs=1)
   workdir = str(tmp_path_factory.mktemp("tiny_demo_workdir"))
-  metrics = trainer.train_and_evaluate(config, workdir)
+  metrics = CLASSIFICATION.train_and_evaluate(config, workdir)
   return types.SimpleNamespace(config=config, workdir=workdir, metrics=metrics)
 
 
@@ -125,6 +125,7 @@ def make_untrained_export(_prepared_digits, tmp_path):
   import numpy as np
 
   from lct_flax import export
+  from lct_flax.tasks.classification import TASK as CLASSIFICATION
 
   def fill(path, spec, rng):
     name = path[-1].key
@@ -142,7 +143,8 @@ def make_untrained_export(_prepared_digits, tmp_path):
     rng = np.random.default_rng(1)
     variables = jax.tree_util.tree_map_with_path(
         lambda path, spec: fill(path, spec, rng),
-        export.abstract_variables(export.build_model(model_config), size))
+        CLASSIFICATION.abstract_variables(
+            CLASSIFICATION.build_model(model_config), {"image_size": size}))
     dataset_config = dict(name="sklearn_digits", eval_split="test",
                           data_dir=_prepared_digits.data_dir, image_size=size, resize_size=size,
                           mean=list(input_pipeline.IMAGENET_MEAN_RGB),

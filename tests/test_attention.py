@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lct_flax import attention
+from lct_flax import blocks
 
 
 def numpy_group_norm(z, groups, eps=1e-5):
@@ -134,7 +135,8 @@ def test_invalid_settings_raise_clear_errors(block, channels, match):
 
 
 def test_registry_names_and_unknown_options():
-  assert set(attention.ATTENTION_BLOCKS) == {"none", "se", "se_norm", "lct"}
+  assert set(blocks.names()) == {"none", "se", "se_norm", "lct"}
+  assert [blocks.get(n).label for n in ("lct", "se", "se_norm")] == ["LCT", "SE", "SE+"]
   assert attention.attention_factory(None) is None
   assert attention.attention_factory("se_norm")().use_norm is True
   with pytest.raises(ValueError, match="unknown attention 'cbam'"):

@@ -95,7 +95,8 @@ def test_every_key_refuses_bad_values_with_one_line_naming_it(config_file):
 
 
 def test_schema_covers_every_key_and_matches_the_code():
-  from lct_flax import attention, models, trainer
+  from lct_flax import blocks, models
+  from lct_flax.tasks.classification import TASK as CLASSIFICATION
   for config_file in CONFIGS:
     config = load_config(config_file)
     keys = {key for key, _ in leaves(config)}
@@ -103,20 +104,20 @@ def test_schema_covers_every_key_and_matches_the_code():
     rules = config_schema.TASK_RULES[config.get("task", "classification")]
     assert keys - options <= set(rules), (config_file, keys - options - set(rules))
   assert set(config_schema.RULES["model.name"].choices) == set(models.STAGE_SIZES)
-  assert set(config_schema.RULES["model.attention"].choices) == set(attention.ATTENTION_BLOCKS)
-  for name, block in attention.ATTENTION_BLOCKS.items():
-    cls = getattr(block, "func", block)
-    fields = set() if cls is None else {f.name for f in dataclasses.fields(cls)} - {"parent",
-                                                                                    "name"}
-    assert set(config_schema.ATTENTION_OPTIONS[name]) == fields, name
-  # The keys DESIGN.md says every training config has are required; trainer.check_config uses it.
+  assert set(blocks.names()) == {"none", "se", "se_norm", "lct"}
+  assert config_schema.RULES["model.attention"].allows("se_norm")
+  for name, block in blocks.BLOCKS.items():
+    fields = {f.name for f in dataclasses.fields(block.module_class())} - {"parent", "name"}
+    assert set(block.options) == fields, name
+  # The keys DESIGN.md says every training config has are required; the classification task's
+  # check_config uses it.
   for key in ("batch_size", "num_epochs", "num_train_steps", "seed", "checkpoint_every_steps",
               "model.name", "model.attention", "dataset.name"):
     assert config_schema.RULES[key].required
   config = importlib.import_module("configs.demo").get_config()
   config.batch_size = -4
   with pytest.raises(ValueError, match=r"config.batch_size=-4 is not allowed"):
-    trainer.check_config(config)
+    CLASSIFICATION.check_config(config)
 
 
 @pytest.mark.parametrize("change,expected", [

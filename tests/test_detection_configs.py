@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from lct_flax import config_schema
-from lct_flax.detection import task as detection_task
+from lct_flax.tasks.detection import TASK as DETECTION
 
 # (config module, detector, attention, Table 6's AP, parameters added to the plain detector).
 TABLE6 = [
@@ -43,7 +43,7 @@ def load(module):
 @functools.lru_cache(maxsize=None)
 def parameter_count(module):
   """Parameters of a config module's detector at 80 classes (traced abstractly, once per run)."""
-  model = detection_task.create_model(load(module), num_classes=80)
+  model = DETECTION.create_model(load(module), num_classes=80)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3),
                                                                              jnp.uint8),
                                                 method="init_variables"))
@@ -98,10 +98,10 @@ def test_table7_configs_are_the_papers(module, detector, attention, mask_ap, box
 
 
 def test_detection_schedule_is_mmdetections_1x():
-  from lct_flax import trainer
+  from lct_flax import optimization
   config = load("faster_rcnn_r101_fpn_1x")
   steps_per_epoch = COCO_TRAIN_IMAGES // config.batch_size
-  schedule = trainer.create_learning_rate_schedule(config, steps_per_epoch)
+  schedule = optimization.create_learning_rate_schedule(config, steps_per_epoch)
   lr = lambda step: float(schedule(step))
   assert lr(0) == pytest.approx(0.005 / 3)                  # warm-up from 1/3 over 500 steps
   assert lr(250) == pytest.approx(0.005 * (1 / 3 + 2 / 3 * 0.5))

@@ -200,9 +200,8 @@ def test_coco2017_without_its_directory_says_where_to_get_it(tmp_path):
   assert "\n" not in message
   assert "annotations/instances_train2017.json" in message and "val2017/" in message
   assert "cocodataset.org" in message
-  with pytest.raises(DetectionDataError, match="is not prepared.*python -m lct_flax.detection"
-                                               ".data --dataset=coco_instances/2017"):
-    data.get_dataset_info(config)
+  with pytest.raises(FileNotFoundError, match="nowhere lacks annotations.*cocodataset.org"):
+    data.get_dataset_info(config)   # the same line: what is missing where, and the fix
 
 
 def test_prepare_cli_reports_a_missing_directory_in_one_line(tmp_path):

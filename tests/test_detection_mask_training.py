@@ -11,7 +11,7 @@ import pytest
 from flax import traverse_util
 
 from lct_flax.detection import data
-from lct_flax.detection import task as detection_task
+from lct_flax.tasks.detection import TASK as DETECTION
 from test_detection_training import (assert_descends, descent, scalars, tiny_config, train,
                                      train_losses, trained)
 
@@ -72,7 +72,7 @@ def test_mask_rcnn_resumes_mid_epoch_exactly(mask_run, tmp_path):
   result, _ = train(config, tmp_path)
   assert result["step"] == STEPS
   a, b = (traverse_util.flatten_dict(jax.device_get(
-      detection_task.restore_state(config, str(w)).variables)) for w in (straight_workdir,
+      DETECTION.restore_state(config, str(w)).variables)) for w in (straight_workdir,
                                                                         tmp_path))
   assert a.keys() == b.keys() and any("mask_heads_0" in key for key in a)
   for key in a:

@@ -20,7 +20,7 @@ from flax import traverse_util
 from configs.detection import shapes_demo
 from lct_flax import loop
 from lct_flax.detection import data
-from lct_flax.detection import task as detection_task
+from lct_flax.tasks.detection import TASK as DETECTION
 from lct_flax.detection import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,10 +53,10 @@ def train(config, workdir):
   built = []
 
   def make_task():
-    built.append(detection_task.detection_task(config, str(workdir)))
+    built.append(DETECTION.training(config, str(workdir)))
     return built[-1]
 
-  detection_task.check_config(config)
+  DETECTION.check_config(config)
   return loop.run(make_task, str(workdir)), built[0]
 
 
@@ -86,7 +86,7 @@ def descent(config, task, *, parts, trainable, learning_rate, steps):
   under `trainable` (the rest held). Nothing those parameters feed decides which anchors or RoIs
   are sampled, so the loss is a smooth function of them and each small step lowers it by far more
   than float rounding moves it on any CPU (a whole training run, by contrast, is chaotic)."""
-  model = detection_task.create_model(config, task.identity["num_classes"])
+  model = DETECTION.create_model(config, task.identity["num_classes"])
   batch = next(iter(data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed,
       with_masks=model.settings.with_masks)))
@@ -160,9 +160,9 @@ def test_resume_mid_epoch_equals_the_straight_run(straight, tmp_path):
   result, _ = train(config, tmp_path)
   assert result["step"] == STEPS
   a = traverse_util.flatten_dict(jax.device_get(
-      detection_task.restore_state(config, str(straight_workdir)).variables))
+      DETECTION.restore_state(config, str(straight_workdir)).variables))
   b = traverse_util.flatten_dict(jax.device_get(
-      detection_task.restore_state(config, str(tmp_path)).variables))
+      DETECTION.restore_state(config, str(tmp_path)).variables))
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))

@@ -1,4 +1,4 @@
-"""python -m lct_flax.evaluate: every example of the split once, the trainer's own numbers, JSON
+"""python -m lct_flax.evaluate: every example of the split once, the training's own numbers, JSON
 result, and refusals (class-count mismatch) as one-line errors."""
 
 import json

@@ -14,10 +14,11 @@ import jax
 import numpy as np
 import pytest
 
+from lct_flax import dataset_defaults
 from lct_flax import export
 from lct_flax import input_pipeline
 from lct_flax import pixels
-from lct_flax import trainer
+from lct_flax.tasks.classification import TASK as CLASSIFICATION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +31,7 @@ def run_cli(module, *args):
 def digits_images(dataset_config, n=64):
   """Normalised float images, as model.apply takes them."""
   batch = next(iter(input_pipeline.create_eval_iterator(dataset_config, global_batch_size=n)))
-  return pixels.normalize(batch["image"], *input_pipeline.pixel_mean_std(dataset_config))
+  return pixels.normalize(batch["image"], *dataset_defaults.pixel_mean_std(dataset_config))
 
 
 def file_digests(path):
@@ -39,11 +40,11 @@ def file_digests(path):
 
 
 def test_export_gives_the_logits_of_the_training_state(tiny_demo_run, tiny_demo_export):
-  state = trainer.restore_state(tiny_demo_run.config, tiny_demo_run.workdir)
+  state = CLASSIFICATION.restore_state(tiny_demo_run.config, tiny_demo_run.workdir)
   assert int(state.step) == tiny_demo_run.metrics["step"] == 40
   model, variables, config = export.load(tiny_demo_export)
   images = digits_images(tiny_demo_run.config.dataset)
-  expected = trainer.create_model(tiny_demo_run.config, 10).apply(
+  expected = CLASSIFICATION.create_model(tiny_demo_run.config, 10).apply(
       jax.device_get(state.variables), images, train=False)
   np.testing.assert_allclose(model.apply(variables, images, train=False), expected, rtol=1e-6,
                              atol=1e-6)

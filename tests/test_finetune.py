@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from lct_flax import export_format
 from lct_flax import freezing
 from lct_flax import interop
 from lct_flax import loop
 from lct_flax import models
-from lct_flax import parallel
 from lct_flax import pretrained
-from lct_flax import trainer
+from lct_flax.tasks.classification import TASK as CLASSIFICATION
 from tiny import tiny_demo_config, tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,12 +80,11 @@ def test_plain_torchvision_state_dict_loads_into_lct_resnet_with_a_new_head(digi
   interop.write_state_dict_file(path, source)
   config = tiny_finetune_config(digits_dir, num_train_steps=1, learning_rate=0.0,
                                 weight_decay=0.0, momentum=0.0, init_from=path)
-  task = trainer.classification_task(config)
-  state = task.init_state()
+  training = CLASSIFICATION.training(config, str(tmp_path / "run"))
+  state = training.init_state()
   fresh = torch_view(state)
   with caplog.at_level(logging.INFO):
-    state, record = loop.initialize_from(state, *loop.plan_init_from(task), (),
-                                         parallel.replicated_sharding(task.mesh))
+    state, record = training.initialize(state)
   loaded = torch_view(state)
   convs_and_norms = [n for n in source if not n.startswith("fc.")
                      and not n.endswith("num_batches_tracked")]
@@ -211,8 +210,8 @@ def test_frozen_stages_and_bn_stay_bitwise_unchanged(digits_dir, tmp_path):
   path, source = write_tiny_source(tmp_path)
   config = tiny_finetune_config(digits_dir, num_train_steps=3, init_from=path, frozen_stages=1,
                                 frozen_bn=True)
-  trainer.train_and_evaluate(config, str(tmp_path / "run"))
-  state = trainer.restore_state(config, str(tmp_path / "run"))
+  CLASSIFICATION.train_and_evaluate(config, str(tmp_path / "run"))
+  state = CLASSIFICATION.restore_state(config, str(tmp_path / "run"))
   after = torch_view(state)
   frozen, trained = [], []
   for name in after:
@@ -257,28 +256,28 @@ def test_resumed_finetune_equals_a_straight_one_without_reading_the_source_again
   path, _ = write_tiny_source(tmp_path)
   straight = tiny_finetune_config(digits_dir, num_train_steps=8, init_from=path,
                                   frozen_stages=1, frozen_bn=True)
-  trainer.train_and_evaluate(straight, str(tmp_path / "straight"))
+  CLASSIFICATION.train_and_evaluate(straight, str(tmp_path / "straight"))
   first = tiny_finetune_config(digits_dir, num_train_steps=4, init_from=path, frozen_stages=1,
                                frozen_bn=True)
-  trainer.train_and_evaluate(first, str(tmp_path / "resumed"))
+  CLASSIFICATION.train_and_evaluate(first, str(tmp_path / "resumed"))
   os.rename(path, path + ".gone")        # resuming must not read it (nor re-apply it)
-  trainer.train_and_evaluate(straight, str(tmp_path / "resumed"))
+  CLASSIFICATION.train_and_evaluate(straight, str(tmp_path / "resumed"))
   a = traverse_util.flatten_dict(jax.device_get(
-      trainer.restore_state(straight, str(tmp_path / "straight")).variables))
+      CLASSIFICATION.restore_state(straight, str(tmp_path / "straight")).variables))
   b = traverse_util.flatten_dict(jax.device_get(
-      trainer.restore_state(straight, str(tmp_path / "resumed")).variables))
+      CLASSIFICATION.restore_state(straight, str(tmp_path / "resumed")).variables))
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
   saved = json.load(open(tmp_path / "resumed" / "config.json"))
   assert saved["init_from"] == path
-  assert saved["init_from_source"]["sha256"] == pretrained._sha256_file(path + ".gone")
+  assert saved["init_from_source"]["sha256"] == export_format.sha256(path + ".gone")
 
 
 def test_changing_the_frozen_stages_of_a_run_is_refused(digits_dir, tmp_path):
-  trainer.train_and_evaluate(tiny_finetune_config(digits_dir, num_train_steps=2),
+  CLASSIFICATION.train_and_evaluate(tiny_finetune_config(digits_dir, num_train_steps=2),
                              str(tmp_path))
-  with pytest.raises(trainer.TrainingError, match=r"frozen_stages: -1 in the workdir vs 2 now"):
-    trainer.train_and_evaluate(tiny_finetune_config(digits_dir, num_train_steps=4,
+  with pytest.raises(loop.TrainingError, match=r"frozen_stages: -1 in the workdir vs 2 now"):
+    CLASSIFICATION.train_and_evaluate(tiny_finetune_config(digits_dir, num_train_steps=4,
                                                     frozen_stages=2), str(tmp_path))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from lct_flax import export
 from lct_flax import pixels
-from lct_flax import trainer
+from lct_flax.tasks.classification import TASK as CLASSIFICATION
 from tiny import tiny_demo_config
 
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "jax_0_10_2")
@@ -40,8 +40,8 @@ def test_a_classifier_checkpoint_exports_as_it_did_and_resumes(digits_config, tm
   workdir = copy_workdir("classifier", tmp_path)
   assert_same_variables(export.export_workdir(workdir, str(tmp_path / "export")),
                         os.path.join(LEGACY, "classifier", "export"))
-  result = trainer.train_and_evaluate(tiny_demo_config(digits_config.data_dir, num_train_steps=4),
-                                      workdir)
+  result = CLASSIFICATION.train_and_evaluate(
+      tiny_demo_config(digits_config.data_dir, num_train_steps=4), workdir)
   assert result["step"] == 4 and result["eval_count"] == 360
   old = export.load_variables(os.path.join(LEGACY, "classifier", "export"))
   new = export.load_variables(export.export_workdir(workdir, str(tmp_path / "export4")))

@@ -1,9 +1,10 @@
 """uint8 batches normalised on the device: the same numbers as the float batches the host used to
-normalise, through the trainer's own jitted train and eval steps."""
+normalise, through the training's own jitted train and eval steps."""
 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from lct_flax import input_pipeline
 from lct_flax import models
 from lct_flax import pixels
-from lct_flax import trainer
+from lct_flax import classifier_steps
+from lct_flax import train_state
 
 MEAN = input_pipeline.IMAGENET_MEAN_RGB
 STD = input_pipeline.IMAGENET_STDDEV_RGB
@@ -40,7 +42,9 @@ def tiny_state():
   model = models.create_model("resnet18", attention="lct", num_classes=10, width=0.125,
                               small_stem=True, groups=4)
   optimizer = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
-  state = jax.jit(functools.partial(trainer.init_state, model, optimizer, 0, (16, 16, 3)))()
+  state = jax.jit(lambda: train_state.TrainState.create(
+      model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False), optimizer,
+      jax.random.PRNGKey(1)))()
   return model, optimizer, state
 
 
@@ -49,10 +53,13 @@ def test_train_step_on_uint8_equals_the_float_input_step(tiny_state):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 8).astype(np.int32)
-  step = functools.partial(trainer.train_step, model=model, optimizer=optimizer,
-                           label_smoothing=0.1)
-  on_device = jax.jit(functools.partial(step, mean=MEAN, std=STD))
-  on_host = jax.jit(step)
+  def step(**normalisation):
+    loss_fn = functools.partial(classifier_steps.loss, model=model, label_smoothing=0.1,
+                                **normalisation)
+    return jax.jit(functools.partial(train_state.train_step, loss_fn=loss_fn,
+                                     optimizer=optimizer))
+
+  on_device, on_host = step(mean=MEAN, std=STD), step()
   state_u8, metrics_u8 = on_device(state, {"image": images, "label": labels})
   state_f32, metrics_f32 = on_host(state, {"image": host_normalized(images), "label": labels})
   state_u8, metrics_u8 = on_device(state_u8, {"image": images[::-1], "label": labels[::-1]})
@@ -78,9 +85,9 @@ def test_eval_step_on_uint8_equals_the_float_input_step(tiny_state):
   images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
   batch = {"label": rng.integers(0, 10, 6).astype(np.int32),
            "mask": np.array([True] * 5 + [False])}
-  got = jax.jit(functools.partial(trainer.eval_step, model=model, mean=MEAN, std=STD))(
+  got = jax.jit(functools.partial(classifier_steps.eval_step, model=model, mean=MEAN, std=STD))(
       state.variables, {**batch, "image": images})
-  want = jax.jit(functools.partial(trainer.eval_step, model=model))(
+  want = jax.jit(functools.partial(classifier_steps.eval_step, model=model))(
       state.variables, {**batch, "image": host_normalized(images)})
   assert float(got["count"]) == 5
   for key in want:

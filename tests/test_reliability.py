@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from lct_flax import trainer
+from lct_flax.tasks.classification import TASK as CLASSIFICATION
 from test_workdir_lock import dead_pid, write_lock
 from tiny import tiny_demo_config, tiny_flags
 
@@ -88,7 +88,7 @@ class Run:
 
 def state_leaves(config, workdir):
   import jax
-  state = trainer.restore_state(config, str(workdir))
+  state = CLASSIFICATION.restore_state(config, str(workdir))
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
 
 
@@ -170,17 +170,17 @@ def test_sigterm_checkpoints_the_current_step_and_exits_zero(digits_config, tmp_
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(digits_config, tmp_path):
   config = tiny_demo_config(digits_config.data_dir, num_train_steps=4, checkpoint_every_steps=2)
-  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  CLASSIFICATION.train_and_evaluate(config, str(tmp_path / "run"))
   files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "run" / "checkpoints" / "4")
            for f in fs]
   largest = max(files, key=os.path.getsize)
   with open(largest, "r+b") as f:
     f.truncate(os.path.getsize(largest) // 2)
   config.num_train_steps = 6
-  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  result = CLASSIFICATION.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["step"] == 6
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4", "4.damaged", "6"]
-  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  CLASSIFICATION.train_and_evaluate(config, str(tmp_path / "straight"))
   for a, b in zip(state_leaves(config, tmp_path / "straight"),
                   state_leaves(config, tmp_path / "run")):
     np.testing.assert_array_equal(a, b)
@@ -198,7 +198,8 @@ def test_an_evaluation_failure_keeps_the_training_state_of_its_step(
   def task_with_a_corrupt_eval_image():
     def evaluate(state):
       raise OSError("jpeg::Uncompress failed. Invalid JPEG data or crop window.")
-    return dataclasses.replace(trainer.classification_task(config), evaluate=evaluate)
+    return dataclasses.replace(CLASSIFICATION.training(config, str(tmp_path)),
+                               evaluate=evaluate)
 
   with pytest.raises(loop.TrainingError) as raised:
     loop.run(task_with_a_corrupt_eval_image, str(tmp_path))
@@ -206,20 +207,20 @@ def test_an_evaluation_failure_keeps_the_training_state_of_its_step(
   assert message.startswith(f"evaluation at step {failing_step} failed (OSError: jpeg::Uncompress")
   assert os.path.join("checkpoints", str(failing_step)) in message and "\n" not in message
   assert os.listdir(tmp_path / "checkpoints") == [str(failing_step)]
-  assert int(trainer.restore_state(config, str(tmp_path)).step) == failing_step
+  assert int(CLASSIFICATION.restore_state(config, str(tmp_path)).step) == failing_step
 
 
 def test_a_run_whose_steps_are_done_leaves_the_workdir_as_it_was(digits_config, tmp_path,
                                                                  caplog):
   config = tiny_demo_config(digits_config.data_dir, num_train_steps=3)
-  trainer.train_and_evaluate(config, str(tmp_path))
+  CLASSIFICATION.train_and_evaluate(config, str(tmp_path))
   files = sorted(os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs)
   before = {path: open(path, "rb").read() for path in files}
   for steps in (3, 2):
     config = tiny_demo_config(digits_config.data_dir, num_train_steps=steps, learning_rate=0.5)
     caplog.clear()
     with caplog.at_level("INFO"):
-      assert trainer.train_and_evaluate(config, str(tmp_path))["step"] == 3
+      assert CLASSIFICATION.train_and_evaluate(config, str(tmp_path))["step"] == 3
     assert f"is already at step 3 of {steps}: nothing to train" in caplog.text
     assert sorted(os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs) == files
     assert all(open(path, "rb").read() == content for path, content in before.items())

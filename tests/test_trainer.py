@@ -16,7 +16,9 @@ import pytest
 
 from configs import demo
 from lct_flax import flops
-from lct_flax import trainer
+from lct_flax import loop
+from lct_flax import optimization
+from lct_flax.tasks.classification import TASK as CLASSIFICATION
 from tiny import tiny_demo_config, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,11 +45,11 @@ def load_config(name, arg=None):
 def test_paper_configs_build_the_right_model_and_schedule(module, model, attention, params_m):
   config = load_config(module)
   assert (config.model.name, config.model.attention) == (model, attention)
-  trainer.check_config(config)
-  counts = flops.count(trainer.create_model(config, num_classes=1000))
+  CLASSIFICATION.check_config(config)
+  counts = flops.count(CLASSIFICATION.create_model(config, num_classes=1000))
   assert abs(counts.params / 1e6 - params_m) <= 0.01
   steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // config.batch_size
-  schedule = trainer.create_learning_rate_schedule(config, steps_per_epoch)
+  schedule = optimization.create_learning_rate_schedule(config, steps_per_epoch)
   lr_at_epoch = lambda e: float(schedule(e * steps_per_epoch))
   assert lr_at_epoch(0) == pytest.approx(0.1)
   assert float(schedule(30 * steps_per_epoch - 1)) == pytest.approx(0.1)
@@ -63,7 +65,7 @@ def test_ablation_arguments_reach_the_lct_block():
   config = load_config("lct_resnet50", "groups=128,w_init=1,b_init=0,use_norm=False")
   assert config.model.attention_kwargs.to_dict() == {
       "groups": 128, "w_init": 1, "b_init": 0, "use_norm": False, "use_transform": True}
-  model = trainer.create_model(config, num_classes=1000)
+  model = CLASSIFICATION.create_model(config, num_classes=1000)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
   assert variables["params"]["layer1_0"]["lct"]["w"].shape == (256,)
   with pytest.raises(ValueError, match="is neither a block .* nor KEY=VALUE"):
@@ -73,7 +75,7 @@ def test_ablation_arguments_reach_the_lct_block():
 def test_warmup_cosine_schedule():
   config = load_config("lct_resnet50")
   config.schedule, config.warmup_epochs, config.num_epochs = "cosine", 5, 100
-  schedule = trainer.create_learning_rate_schedule(config, 10)
+  schedule = optimization.create_learning_rate_schedule(config, 10)
   assert float(schedule(0)) == 0.0
   assert float(schedule(25)) == pytest.approx(0.05)
   assert float(schedule(50)) == pytest.approx(0.1)
@@ -84,7 +86,7 @@ def test_warmup_cosine_schedule():
 def test_optimizer_is_pytorch_sgd_with_coupled_weight_decay():
   config = load_config("resnet50")
   lr, wd, m = 0.1, 1e-4, 0.9
-  optimizer = trainer.create_optimizer(config, optax.constant_schedule(lr))
+  optimizer = optimization.create_optimizer(config, optax.constant_schedule(lr))
   rng = np.random.default_rng(0)
   params = {"w": rng.normal(size=5).astype(np.float32)}
   opt_state = optimizer.init(params)
@@ -112,7 +114,7 @@ def flat_state(state):
 def test_demo_config_learns_digits(digits_dir, tmp_path):
   config = tiny_demo_config(digits_dir, num_train_steps=200, model__width=0.25)
   config.lr_decay_epochs = (6, 8)
-  result = trainer.train_and_evaluate(config, str(tmp_path))
+  result = CLASSIFICATION.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 200 and result["eval_count"] == 360
   assert result["eval_top1"] >= 0.9
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["200"]
@@ -123,14 +125,14 @@ def test_demo_config_learns_digits(digits_dir, tmp_path):
 
 def test_resume_is_bitwise_identical_to_a_straight_run(digits_dir, tmp_path):
   straight = tiny_demo_config(digits_dir, num_train_steps=12)
-  trainer.train_and_evaluate(straight, str(tmp_path / "straight"))
+  CLASSIFICATION.train_and_evaluate(straight, str(tmp_path / "straight"))
   first = tiny_demo_config(digits_dir, num_train_steps=7)        # stops mid-epoch (epoch = 44)
-  trainer.train_and_evaluate(first, str(tmp_path / "resumed"))
+  CLASSIFICATION.train_and_evaluate(first, str(tmp_path / "resumed"))
   assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["7"]
-  result = trainer.train_and_evaluate(straight, str(tmp_path / "resumed"))
+  result = CLASSIFICATION.train_and_evaluate(straight, str(tmp_path / "resumed"))
   assert result["step"] == 12
-  a = flat_state(trainer.restore_state(straight, str(tmp_path / "straight")))
-  b = flat_state(trainer.restore_state(straight, str(tmp_path / "resumed")))
+  a = flat_state(CLASSIFICATION.restore_state(straight, str(tmp_path / "straight")))
+  b = flat_state(CLASSIFICATION.restore_state(straight, str(tmp_path / "resumed")))
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -142,9 +144,9 @@ def test_train_step_on_the_imagenet_tars_with_a_profile(imagenet_config, tmp_pat
   config.dataset = imagenet_config
   config.model.attention = "se"
   config.model.attention_kwargs = {"reduction": 4}
-  result = trainer.train_and_evaluate(config, str(tmp_path))
+  result = CLASSIFICATION.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 3 and result["eval_count"] == 9
-  params = trainer.restore_state(config, str(tmp_path)).params
+  params = CLASSIFICATION.restore_state(config, str(tmp_path)).params
   assert params["fc"]["kernel"].shape == (512 // 8, 1000)
   traces = [f for _, _, files in os.walk(tmp_path / "plugins" / "profile") for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces)
@@ -152,26 +154,26 @@ def test_train_step_on_the_imagenet_tars_with_a_profile(imagenet_config, tmp_pat
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(digits_dir, tmp_path):
   good = tiny_demo_config(digits_dir, num_train_steps=5)
-  trainer.train_and_evaluate(good, str(tmp_path))
-  before = flat_state(trainer.restore_state(good, str(tmp_path)))
+  CLASSIFICATION.train_and_evaluate(good, str(tmp_path))
+  before = flat_state(CLASSIFICATION.restore_state(good, str(tmp_path)))
   bad = tiny_demo_config(digits_dir, num_train_steps=15, learning_rate=1e9)
-  with pytest.raises(trainer.TrainingError, match=r"non-finite loss or gradient at step \d+"):
-    trainer.train_and_evaluate(bad, str(tmp_path))
+  with pytest.raises(loop.TrainingError, match=r"non-finite loss or gradient at step \d+"):
+    CLASSIFICATION.train_and_evaluate(bad, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
-  after = flat_state(trainer.restore_state(good, str(tmp_path)))
+  after = flat_state(CLASSIFICATION.restore_state(good, str(tmp_path)))
   for key in before:
     np.testing.assert_array_equal(before[key], after[key])
 
 
 def test_incompatible_workdir_is_refused_and_left_alone(digits_dir, tmp_path):
-  trainer.train_and_evaluate(tiny_demo_config(digits_dir, num_train_steps=2), str(tmp_path))
+  CLASSIFICATION.train_and_evaluate(tiny_demo_config(digits_dir, num_train_steps=2), str(tmp_path))
   snapshot = {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(tmp_path)
               for p in files}
   other = tiny_demo_config(digits_dir, num_train_steps=4, model__attention="se")
   other.model.attention_kwargs = {"reduction": 4}
-  with pytest.raises(trainer.TrainingError,
+  with pytest.raises(loop.TrainingError,
                      match=r"model.attention: 'lct' in the workdir vs 'se' now"):
-    trainer.train_and_evaluate(other, str(tmp_path))
+    CLASSIFICATION.train_and_evaluate(other, str(tmp_path))
   assert snapshot == {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(tmp_path)
                       for p in files}
 
@@ -180,7 +182,7 @@ def test_config_without_a_required_key_is_refused():
   config = demo.get_config()
   del config["checkpoint_every_steps"]
   with pytest.raises(ValueError, match="config has no 'checkpoint_every_steps'"):
-    trainer.check_config(config)
+    CLASSIFICATION.check_config(config)
 
 
 # ---------------------------------------------------------------------------------------------

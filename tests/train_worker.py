@@ -38,7 +38,8 @@ def main():
   from flax import traverse_util
 
   from configs import demo
-  from lct_flax import input_pipeline, parallel, trainer
+  from lct_flax import input_pipeline, parallel
+  from lct_flax.tasks.classification import TASK as CLASSIFICATION
   import tiny
 
   if args.coordinator_address:
@@ -58,9 +59,9 @@ def main():
     for parts in zip(*shares):
       yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  result = trainer.train_and_evaluate(
+  result = CLASSIFICATION.train_and_evaluate(
       config, args.workdir, train_batches=emulated_batches if args.emulate_processes else None)
-  state = trainer.restore_state(config, args.workdir)
+  state = CLASSIFICATION.restore_state(config, args.workdir)
   variables = jax.tree.map(np.asarray, jax.device_get(
       {"params": state.params, "batch_stats": state.batch_stats}))
   if jax.process_index() == 0:

@@ -26,12 +26,13 @@ e.g. `python train.py --config=configs/lct_resnet101.py` then `python -m lct_fla
 
 import ml_collections
 
+from configs import base
 from lct_flax.detection import data_config
 
 
 def get_config(detector: str = "faster_rcnn", attention: str = "none",
                **attention_kwargs) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
+  config = base.run_config()
   config.task = "detection"
   config.model = ml_collections.ConfigDict({
       "name": "resnet101",
@@ -47,34 +48,17 @@ def get_config(detector: str = "faster_rcnn", attention: str = "none",
     config.model.mask_hidden = 256        # FCNMaskHead conv_out_channels
   config.dataset = data_config.default_dataset_config("coco_instances/2017")
 
-  config.batch_size = 4                   # global: the paper's 4 GPUs x 1 image
-  config.num_epochs = 12
-  config.num_train_steps = -1
-  config.seed = 0
-
-  config.learning_rate = 0.005
-  config.momentum = 0.9
-  config.nesterov = False
-  config.weight_decay = 1e-4
-  config.schedule = "step"
-  config.lr_decay_epochs = (8, 11)        # mmdetection's step=[8, 11]
-  config.lr_decay_factor = 0.1
-  config.warmup_epochs = 0.0
-  config.warmup_steps = 500
-  config.warmup_ratio = 1.0 / 3.0
-  config.grad_clip_norm = 35.0
-  config.half_precision = False
-
-  config.init_from = ""                   # an ImageNet export of the same backbone
-  config.init_skip = ("fc.*",)            # the classifier has no place in a detector
-  config.frozen_stages = 1
-  config.norm_eval = True
-  config.frozen_bn = False
-
-  config.checkpoint_every_steps = 5000
-  config.keep_checkpoints = 3
-  config.log_every_steps = 50
-  config.eval_every_epochs = 1            # mmdetection's evaluation interval
-  config.profile_start_step = -1
-  config.profile_num_steps = 5
+  config.update({
+      "batch_size": 4,                    # global: the paper's 4 GPUs x 1 image
+      "num_epochs": 12,
+      "learning_rate": 0.005,
+      "lr_decay_epochs": (8, 11),         # mmdetection's step=[8, 11]
+      "warmup_steps": 500,
+      "warmup_ratio": 1.0 / 3.0,
+      "grad_clip_norm": 35.0,
+      "init_skip": ("fc.*",),             # init_from: an ImageNet export of the same backbone
+      "frozen_stages": 1,
+      "norm_eval": True,
+      "log_every_steps": 50,
+  })
   return config

@@ -1,16 +1,24 @@
 """Object detection and instance segmentation (the paper's Tables 6 and 7) in JAX.
 
-Data: `data_config`, `transforms`, `sampler`, `data` (COCO-layout records -> canvas batches) and
-`coco_eval` (results JSON, COCOeval). Ops: `convention` (where mmdetection v1.0, the paper's
-framework, and torchvision differ), `boxes` (IoU, box coder, NMS), `anchors`, `roi_align`,
-`targets` (assigner, sampler, RPN and R-CNN targets), `losses` and `postprocess` (RPN proposals,
-per-class NMS), `masks` (Mask R-CNN's targets from bit-packed instance masks): pure, jit-able
-functions with static shapes; `segmentation` (host: COCO masks decoded onto the canvas, detection
-masks pasted and RLE-encoded). Model: `fpn`, `rpn`, `roi_heads`, `detector` (Faster, Cascade,
-Mask and Cascade Mask R-CNN). Training and evaluation on the shared loop: `training`, `task`,
-`evaluation`, `exporting`. `interop` loads torchvision's Faster and Mask R-CNN state dicts (and
-writes them); `detect(model, variables, images)` runs any of these detectors on uint8 images and
-returns NumPy detections (and masks) in torchvision's output format.
+Ops (pure, jit-able, static shapes): `convention` (where mmdetection v1.0, the paper's framework,
+and torchvision differ), `boxes` (IoU, box coder, NMS), `anchors`, `roi_align`, `targets`
+(assigner, sampler, RPN and R-CNN targets), `losses`, `postprocess` (RPN proposals, per-class
+NMS), `masks` (Mask R-CNN's targets from bit-packed instance masks). Model: `fpn`, `rpn`,
+`roi_heads`, `detector` (Faster, Cascade, Mask and Cascade Mask R-CNN), built from an export's
+`model` section by `exporting`. Data (TensorFlow, no Flax): `data_config`, `transforms`,
+`sampler`, `data` (COCO-layout records -> canvas batches); `segmentation` (host: COCO masks onto
+the canvas, detection masks pasted and RLE-encoded). Training and evaluation: `training` (the
+loss and the detect step of the detection task, `lct_flax.tasks.detection`), `evaluation` and
+`coco_eval` (COCOeval). `interop` loads torchvision's Faster and Mask R-CNN state dicts (and
+writes them); `detect(model, variables, images)` (`inference`) runs any of these detectors on
+uint8 images and returns NumPy detections (and masks) in torchvision's output format.
+
+Importing the package imports none of these: `detect` is loaded when first used.
 """
 
-from lct_flax.detection.inference import detect  # noqa: F401
+
+def __getattr__(name):
+  if name == "detect":
+    from lct_flax.detection.inference import detect
+    return detect
+  raise AttributeError(f"module 'lct_flax.detection' has no attribute {name!r}")

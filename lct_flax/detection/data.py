@@ -69,6 +69,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lct_flax import input_pipeline  # noqa: F401  (keeps TensorFlow off the accelerators)
+from lct_flax import tfds_preparation
 from lct_flax.datasets import coco_instances
 from lct_flax.datasets import coco_layout
 from lct_flax.detection import data_config
@@ -98,20 +99,22 @@ class DetectionDatasetInfo:
 # Builders, preparation and the split index.
 
 
-def _builder(settings):
-  return tfds.builder(settings.name, data_dir=settings.data_dir)
+def _source(settings) -> tfds_preparation.Source:
+  """How `tfds_preparation` finds and prepares the dataset: from the COCO layout, offline."""
 
+  def command(manual_dir):
+    line = f"python -m lct_flax.detection.data --dataset={settings.name} --manual_dir={manual_dir}"
+    return line + (f" --data_dir={settings.data_dir}" if settings.data_dir else "")
 
-def _manual_dir(settings, builder):
-  if settings.manual_dir:
-    return os.path.expanduser(settings.manual_dir)
-  return os.fspath(builder.data_dir_root / "downloads" / "manual")
+  def missing(manual_dir):
+    paths = coco_layout.missing_paths(manual_dir)
+    return coco_instances.layout_error(settings.name.split("/")[1], manual_dir,
+                                       paths) if paths else None
 
-
-def _prepare_command(settings, manual_dir):
-  command = (f"python -m lct_flax.detection.data --dataset={settings.name} "
-             f"--manual_dir={manual_dir}")
-  return command + (f" --data_dir={settings.data_dir}" if settings.data_dir else "")
+  return tfds_preparation.Source(
+      name=settings.name, data_dir=settings.data_dir, manual_dir=settings.manual_dir,
+      command=command, error=DetectionDataError, missing=missing,
+      unknown="use coco_instances/2017 (or coco_instances/shapes, the generated one)")
 
 
 def prepare_dataset(dataset_config) -> None:
@@ -121,26 +124,11 @@ def prepare_dataset(dataset_config) -> None:
   ``coco_instances.CocoLayoutError`` (a FileNotFoundError) naming them and the fix; nothing is
   downloaded. Run it on one process (or before launching) when processes share ``data_dir``.
   """
-  settings = data_config.settings(dataset_config)
-  builder = _builder(settings)
-  if builder.is_prepared():
-    logging.info("%s is already prepared in %s.", settings.name, builder.data_dir)
-    return
-  manual_dir = _manual_dir(settings, builder)
-  missing = coco_layout.missing_paths(manual_dir)
-  if missing:
-    raise coco_instances.layout_error(settings.name.split("/")[1], manual_dir, missing)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  tfds_preparation.prepare(_source(data_config.settings(dataset_config)))
 
 
 def _prepared_builder(settings):
-  builder = _builder(settings)
-  if not builder.is_prepared():
-    manual_dir = _manual_dir(settings, builder)
-    raise DetectionDataError(f"{settings.name} is not prepared in {builder.data_dir_root}: run "
-                             f"`{_prepare_command(settings, manual_dir)}` once.")
-  return builder
+  return tfds_preparation.prepared_builder(_source(settings))
 
 
 def _split_index(builder, split):

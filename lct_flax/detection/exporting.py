@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 
 from lct_flax.detection import convention as convention_lib
@@ -83,19 +82,3 @@ def build_detector(section: Mapping[str, Any], *, frozen_stages: int = -1,
       width=float(section["width"]), pixel_mean=tuple(section["pixel_mean"]),
       pixel_std=tuple(section["pixel_std"]), attention_kwargs=dict(section["attention_kwargs"]),
       **overrides)
-
-
-def abstract_variables(model: detector_lib.TwoStageDetector, canvas: tuple) -> dict:
-  """Shapes and dtypes of the detector's variables (nothing is computed)."""
-  return jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                           jnp.zeros((1, *canvas, 3), jnp.uint8),
-                                           method="init_variables"))
-
-
-def dataset_section(config: Mapping[str, Any]) -> dict:
-  """The detection data config of a training config, as plain JSON (the export's `dataset`)."""
-  dataset = config["dataset"]
-  dataset = dataset.to_dict() if hasattr(dataset, "to_dict") else dict(dataset)
-  return {key: [list(v) if isinstance(v, (tuple, list)) else v for v in value]
-          if key == "canvases" else (list(value) if isinstance(value, tuple) else value)
-          for key, value in dataset.items()}

@@ -1,0 +1,179 @@
+"""Image classification (the paper's Tables 1-5): a ResNet with an attention block on a tfds split.
+
+The model is `models.create_model` as `config.model` says; the loss is the cross-entropy of
+`classifier_steps`; the data is `input_pipeline` (ImageNet from the tars, any tfds set, the
+embedded digits); evaluation is top-1/top-5 over every example of the eval split exactly once.
+An export's `model` section holds the arguments of `models.create_model` (name, attention,
+attention_kwargs, width, small_stem, num_classes, dtype) and its `dataset` section the eval
+preprocessing (name, eval_split, data_dir, image_size, resize_size, mean, std).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lct_flax import classifier_evaluation
+from lct_flax import classifier_steps
+from lct_flax import config_schema
+from lct_flax import dataset_defaults
+from lct_flax import freezing
+from lct_flax import loop
+from lct_flax import models
+from lct_flax import parallel
+from lct_flax import train_state
+from lct_flax.tasks import base
+
+MODEL_KEYS = ("name", "attention", "attention_kwargs", "width", "small_stem", "num_classes",
+              "dtype")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+PREPROCESSING_KEYS = ("image_size", "resize_size", "mean", "std")
+
+
+def _frozen(config: ml_collections.ConfigDict) -> tuple[int, bool]:
+  return int(config.get("frozen_stages", -1)), bool(config.get("frozen_bn", False))
+
+
+def _plain(value: Any) -> Any:
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+class Classification(base.Task):
+  name = "classification"
+  identity_defaults = {"frozen_stages": -1, "frozen_bn": False}
+
+  def check_config(self, config):
+    config_schema.validate(config)
+
+  def create_model(self, config, num_classes):
+    m = config.model
+    frozen_stages, frozen_bn = _frozen(config)
+    return models.create_model(
+        m.name, attention=m.attention, num_classes=num_classes,
+        dtype=jnp.bfloat16 if config.half_precision else jnp.float32, width=m.width,
+        small_stem=m.small_stem, zero_init_last_bn=m.zero_init_last_bn,
+        bn_group_size=config.bn_group_size or None, frozen_stages=frozen_stages,
+        norm_eval=bool(config.get("norm_eval", False)), frozen_bn=frozen_bn,
+        **m.attention_kwargs.to_dict())
+
+  def init_variables(self, model, config, rng):
+    size = config.dataset.image_size
+    return model.init(rng, jnp.zeros((1, size, size, 3)), train=False)
+
+  def parameter_labels(self, params, config):
+    frozen_stages, frozen_bn = _frozen(config)
+    if not freezing.freezes_anything(frozen_stages, frozen_bn):
+      return None
+    return freezing.parameter_labels(params, frozen_stages=frozen_stages, frozen_bn=frozen_bn)
+
+  def model_identity(self, config, num_classes):
+    m = config.model
+    frozen_stages, frozen_bn = _frozen(config)
+    return {"model.name": m.name, "model.attention": m.attention,
+            "model.attention_kwargs": m.attention_kwargs.to_dict(), "model.width": m.width,
+            "model.small_stem": m.small_stem, "num_classes": num_classes,
+            "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
+
+  def sizes(self, config):
+    from lct_flax import input_pipeline  # TensorFlow: only when the dataset is needed
+    input_pipeline.prepare_dataset(config.dataset)
+    return (input_pipeline.get_dataset_info(config.dataset).num_classes,
+            input_pipeline.steps_per_epoch(config.dataset, config.batch_size))
+
+  def loss_fn(self, experiment):
+    mean, std = dataset_defaults.pixel_mean_std(experiment.config.dataset)
+    return functools.partial(classifier_steps.loss, model=experiment.model,
+                             label_smoothing=experiment.config.label_smoothing, mean=mean,
+                             std=std)
+
+  def compile_eval_step(self, experiment):
+    """`classifier_steps.eval_step`: sums over the batch, replicated."""
+    mean, std = dataset_defaults.pixel_mean_std(experiment.config.dataset)
+    replicated = parallel.replicated_sharding(experiment.mesh)
+    return jax.jit(
+        functools.partial(classifier_steps.eval_step, model=experiment.model, mean=mean, std=std),
+        in_shardings=(replicated, parallel.batch_sharding(experiment.mesh)),
+        out_shardings=replicated)
+
+  def training(self, config: ml_collections.ConfigDict, workdir: str, *,
+               train_batches: Optional[Callable[[int], Iterator[dict]]] = None) -> loop.Training:
+    """`train_batches(start_step)` can replace the configured train input with any iterator of
+    host-local batches {"image", "label"} (uint8 images are normalised with `config.dataset`'s
+    mean/std, float images are taken as normalised)."""
+    from lct_flax import input_pipeline  # TensorFlow: only when training
+    experiment = self.build_experiment(config)
+    p_eval_step = self.compile_eval_step(experiment)
+    data_sharding = parallel.batch_sharding(experiment.mesh)
+
+    def evaluate(state: train_state.TrainState) -> dict:
+      batches = input_pipeline.create_eval_iterator(config.dataset,
+                                                    global_batch_size=config.batch_size)
+      return classifier_steps.evaluate(
+          state.variables, input_pipeline.prefetch_to_mesh(batches, data_sharding), p_eval_step)
+
+    if train_batches is None:
+      train_batches = functools.partial(input_pipeline.create_train_iterator, config.dataset,
+                                        global_batch_size=config.batch_size, seed=config.seed)
+    return self.assemble_training(
+        experiment, workdir, train_batches=lambda start_step: train_batches(start_step=start_step),
+        evaluate=evaluate, describe_eval=describe_eval,
+        description=f"{config.model.name} ({config.model.attention})", log_keys=("top1",))
+
+  def model_section(self, config, num_classes):
+    m = config["model"]
+    return {
+        "name": m["name"],
+        "attention": None if m.get("attention") in (None, "none") else m["attention"],
+        "attention_kwargs": dict(_plain(m.get("attention_kwargs") or {})),
+        "width": float(m.get("width", 1.0)),
+        "small_stem": bool(m.get("small_stem", False)),
+        "num_classes": int(num_classes),
+        "dtype": "bfloat16" if config.get("half_precision") else "float32",
+    }
+
+  def dataset_section(self, config):
+    d = config["dataset"]
+    defaults = dataset_defaults.default_dataset_config(d["name"])
+    section = {"name": d["name"], "eval_split": d.get("eval_split", defaults.eval_split),
+               "data_dir": d.get("data_dir")}
+    for key in PREPROCESSING_KEYS:
+      value = d.get(key, defaults[key])
+      section[key] = list(value) if isinstance(value, (tuple, list)) else value
+    if section["resize_size"] is None:
+      section["resize_size"] = int(round(section["image_size"] / 0.875))
+    return section
+
+  def build_model(self, model_section):
+    missing = [k for k in MODEL_KEYS if k not in model_section]
+    if missing:
+      raise ValueError(f"model config lacks {missing}; it needs {list(MODEL_KEYS)}.")
+    if model_section["dtype"] not in DTYPES:
+      raise ValueError(f"unknown dtype {model_section['dtype']!r}; use one of {sorted(DTYPES)}.")
+    return models.create_model(
+        model_section["name"], attention=model_section["attention"],
+        num_classes=int(model_section["num_classes"]), dtype=DTYPES[model_section["dtype"]],
+        width=float(model_section["width"]), small_stem=bool(model_section["small_stem"]),
+        **dict(_plain(model_section["attention_kwargs"]) or {}))
+
+  def abstract_variables(self, model, dataset_section):
+    size = int(dataset_section["image_size"])
+    return jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+
+  def evaluate_export(self, export_dir, model, variables, config, **options):
+    return classifier_evaluation.evaluate_export(export_dir, model, variables, config, **options)
+
+  def format_result(self, result):
+    return classifier_evaluation.format_result(result)
+
+
+def describe_eval(metrics: Mapping[str, float]) -> str:
+  return (f"loss {metrics['eval_loss']:.4f}  top1 {metrics['eval_top1']:.4f}  "
+          f"top5 {metrics['eval_top5']:.4f}  ({metrics['eval_count']:.0f} examples)")
+
+
+TASK = Classification()

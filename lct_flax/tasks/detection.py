@@ -1,0 +1,166 @@
+"""Object detection and instance segmentation (the paper's Tables 6-7) on COCO-layout data.
+
+The model is the detector `config.model` describes (`detection.exporting.build_detector`: Faster,
+Cascade, Mask or Cascade Mask R-CNN with FPN on an attention ResNet), its backbone frozen as
+`frozen_stages`, `norm_eval` and `frozen_bn` say (mmdetection's meanings); `init_from` loads an
+ImageNet ResNet into the backbone. The loss is `TwoStageDetector.losses`; the data canvas batches
+(`detection.data`); evaluation COCO box (and mask) AP (`detection.evaluation`, results JSONs in
+the workdir). An export's `model` section holds `task: "detection"` and what `build_detector`
+reads; its `dataset` section is the detection data config.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from lct_flax import config_schema
+from lct_flax import freezing
+from lct_flax import loop
+from lct_flax import train_state
+from lct_flax.detection import evaluation
+from lct_flax.detection import exporting
+from lct_flax.detection import training
+from lct_flax.tasks import base
+
+def _frozen(config: ml_collections.ConfigDict) -> tuple[int, bool]:
+  return int(config.get("frozen_stages", -1)), bool(config.get("frozen_bn", False))
+
+
+def _plain(value: Any) -> Any:
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+class Detection(base.Task):
+  name = exporting.TASK
+  pretrained_path = ("backbone",)
+  identity_defaults = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1"}
+
+  def check_config(self, config):
+    """The schema, and the one rule across sections: the data's box convention is the model's."""
+    config_schema.validate(config)
+    data_convention = config.dataset.get("box_convention", "mmdet_v1")
+    if data_convention != config.model.convention:
+      raise config_schema.ConfigError(
+          f"config.dataset.box_convention={data_convention!r} differs from "
+          f"config.model.convention={config.model.convention!r}; set both to the same value.")
+
+  def create_model(self, config, num_classes):
+    frozen_stages, frozen_bn = _frozen(config)
+    return exporting.build_detector(
+        self.model_section(config, num_classes), frozen_stages=frozen_stages,
+        norm_eval=config.get("norm_eval", False), frozen_bn=frozen_bn)
+
+  def init_variables(self, model, config, rng):
+    canvas = tuple(config.dataset.canvases[0])
+    return model.init(rng, jnp.zeros((1, *canvas, 3), jnp.uint8), method="init_variables")
+
+  def parameter_labels(self, params, config):
+    """The backbone's by mmdetection's rules; every other part (FPN, RPN, heads) trainable."""
+    frozen_stages, frozen_bn = _frozen(config)
+    if not freezing.freezes_anything(frozen_stages, frozen_bn):
+      return None
+    labels = jax.tree.map(lambda _: freezing.TRAINABLE, params)
+    labels["backbone"] = freezing.parameter_labels(params["backbone"],
+                                                   frozen_stages=frozen_stages,
+                                                   frozen_bn=frozen_bn)
+    return labels
+
+  def model_identity(self, config, num_classes):
+    """Also the box convention the weights were trained under, and a mask head's width."""
+    m = config.model
+    frozen_stages, frozen_bn = _frozen(config)
+    identity = {"task": self.name, "model.name": m.name, "model.attention": m.attention,
+                "model.attention_kwargs": m.attention_kwargs.to_dict(), "model.width": m.width,
+                "model.detector": m.detector, "model.convention": m.convention,
+                "model.fpn_channels": m.get("fpn_channels", 256),
+                "model.fc_hidden": m.get("fc_hidden", 1024), "num_classes": num_classes,
+                "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
+    if m.detector in exporting.MASK_DETECTORS:
+      identity["model.mask_hidden"] = m.get("mask_hidden", 256)
+    return identity
+
+  def sizes(self, config):
+    from lct_flax.detection import data  # TensorFlow: only when the dataset is needed
+    data.prepare_dataset(config.dataset)
+    return (data.get_dataset_info(config.dataset).num_classes,
+            data.steps_per_epoch(config.dataset, config.batch_size))
+
+  def loss_fn(self, experiment):
+    return functools.partial(training.loss, model=experiment.model)
+
+  def compile_eval_step(self, experiment):
+    """`detection.training.detect_step`: the batch's detections, sharded as the batch."""
+    return evaluation.compile_detect_step(experiment.model, experiment.mesh)
+
+  def training(self, config: ml_collections.ConfigDict, workdir: str) -> loop.Training:
+    """Eval results JSONs go to `workdir` (detections_<step>.json)."""
+    from lct_flax.detection import data  # TensorFlow: only when training
+    experiment = self.build_experiment(config)
+    if not config.get("init_from"):
+      logging.warning("No init_from: the backbone starts from random weights (the paper's "
+                      "detectors start from an ImageNet export of the same backbone).")
+    model, mesh = experiment.model, experiment.mesh
+    p_detect_step = self.compile_eval_step(experiment)
+    with_masks = model.settings.with_masks
+    train_keys = training.train_keys(model)
+
+    def train_batches(start_step: int):
+      batches = data.create_train_iterator(config.dataset, global_batch_size=config.batch_size,
+                                           seed=config.seed, start_step=start_step,
+                                           with_masks=with_masks)
+      return (training.device_batch(batch, train_keys) for batch in batches)
+
+    def evaluate(state: train_state.TrainState) -> dict:
+      metrics = evaluation.coco_evaluate(
+          config.dataset, state.variables, p_detect_step, mesh,
+          global_batch_size=config.batch_size, max_candidates=model.settings.max_candidates,
+          results_path=os.path.join(workdir, f"detections_{int(state.step)}.json"))
+      return {f"eval_{k}": v for k, v in metrics.items()}
+
+    return self.assemble_training(
+        experiment, workdir, train_batches=train_batches, evaluate=evaluate,
+        describe_eval=functools.partial(evaluation.describe_columns, prefix="eval_"),
+        description=(f"{config.model.detector} {config.model.name} ({config.model.attention}) "
+                     f"on {config.dataset.name}"),
+        log_keys=("rpn_cls", "rpn_box", "stage0_cls", "stage0_box", "stage0_accuracy")
+        + (("stage0_mask",) if with_masks else ()))
+
+  def model_section(self, config, num_classes):
+    return exporting.model_section(config, num_classes)
+
+  def dataset_section(self, config):
+    """The detection data config of a training config, as plain JSON."""
+    dataset = dict(_plain(config["dataset"]))
+    return {key: [list(v) if isinstance(v, (tuple, list)) else v for v in value]
+            if key == "canvases" else (list(value) if isinstance(value, tuple) else value)
+            for key, value in dataset.items()}
+
+  def build_model(self, model_section):
+    return exporting.build_detector(model_section)
+
+  def abstract_variables(self, model, dataset_section):
+    canvas = tuple(dataset_section["canvases"][0])
+    return jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             jnp.zeros((1, *canvas, 3), jnp.uint8),
+                                             method="init_variables"))
+
+  def evaluate_export(self, export_dir, model, variables, config, *, dataset=None,
+                      progress=True, **options):
+    del progress
+    if dataset is not None:
+      raise ValueError("--dataset does not apply to a detector export; it evaluates on its own "
+                       "dataset (choose the split with --split, the data with --data_dir).")
+    return evaluation.evaluate_export(export_dir, model, variables, config, **options)
+
+  def format_result(self, result: Mapping[str, Any]) -> str:
+    return evaluation.format_result(result)
+
+
+TASK = Detection()

@@ -1,0 +1,71 @@
+"""A tfds dataset prepared once, offline where its files must be put in place by hand, and found
+prepared: the one path of the classification input and the detection data.
+
+A `Source` says where the dataset lives (`data_dir`, default tfds'; `manual_dir`, default
+`<data_dir>/downloads/manual`), the command that prepares it, and what the manual directory must
+hold. Every failure is one line of the source's error type naming the directory and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional
+
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """`command(manual_dir)` is the shell command that prepares the dataset; `missing(manual_dir)`
+  the error for a manual directory that lacks the files preparation reads (None when complete or
+  when nothing is read from it); `unknown` the hint for a name tfds does not know."""
+  name: str
+  data_dir: Optional[str]
+  manual_dir: Optional[str]
+  command: Callable[[str], str]
+  error: type
+  missing: Callable[[str], Optional[Exception]] = lambda manual_dir: None
+  unknown: str = "use a tfds name (see tfds.list_builders())"
+
+
+def builder(source: Source) -> Any:
+  """The dataset's tfds builder (prepared or not)."""
+  try:
+    return tfds.builder(source.name, data_dir=source.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise source.error(f"unknown dataset {source.name!r}; {source.unknown}.") from error
+
+
+def manual_dir(source: Source, tfds_builder: Any) -> str:
+  if source.manual_dir:
+    return os.path.expanduser(source.manual_dir)
+  return os.fspath(tfds_builder.data_dir_root / "downloads" / "manual")
+
+
+def prepare(source: Source) -> None:
+  """Prepares the dataset once (a no-op, said in the log, when it is already prepared)."""
+  from absl import logging
+  tfds_builder = builder(source)
+  if tfds_builder.is_prepared():
+    logging.info("%s is already prepared in %s.", source.name, tfds_builder.data_dir)
+    return
+  directory = manual_dir(source, tfds_builder)
+  missing = source.missing(directory)
+  if missing is not None:
+    raise missing
+  tfds_builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=directory))
+
+
+def prepared_builder(source: Source) -> Any:
+  """The builder of the prepared dataset; one line saying how to prepare it otherwise."""
+  tfds_builder = builder(source)
+  if tfds_builder.is_prepared():
+    return tfds_builder
+  directory = manual_dir(source, tfds_builder)
+  missing = source.missing(directory)
+  if missing is not None:
+    raise missing
+  raise source.error(f"{source.name} is not prepared in {tfds_builder.data_dir_root}: run "
+                     f"`{source.command(directory)}` once.")
