@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with Python 3.12 or 3.13 and installs requirements.txt into it; does nothing when
-# .venv already holds exactly these requirements for that Python. Run it: `bash scripts/setup.sh`.
+# Creates .venv with Python 3.12 or 3.13, installs requirements.txt into it and this repository as
+# an editable package (pyproject.toml: `lct_flax` and `configs` importable from anywhere); does
+# nothing when .venv already holds exactly these for that Python. Run it: `bash scripts/setup.sh`.
 # The Python is $PYTHON if set, else the first of python3.12, python3.13, python3 (and pyenv's
 # installed 3.12/3.13) that is 3.12 or 3.13.
 set -euo pipefail
@@ -37,10 +38,11 @@ find_python() {
 PYTHON="$(find_python)"
 stamp="$VENV/.requirements.sha256"
 version="$("$PYTHON" -c 'import platform; print(platform.python_version())')"
-want="$version $(sha256sum requirements.txt | cut -d' ' -f1)"
+want="$version $(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   "$PYTHON" -m venv --clear "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+  "$VENV/bin/python" -m pip install --quiet --no-deps --editable .
   echo "$want" > "$stamp"
 fi

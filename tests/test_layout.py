@@ -130,3 +130,15 @@ def test_the_detection_data_side_loads_no_model_code():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, check=True)
   assert result.stdout.strip() == "[]"
+
+
+def test_the_package_imports_from_outside_the_repository(tmp_path):
+  """scripts/setup.sh installs the repository as an editable package (pyproject.toml)."""
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run(
+      [sys.executable, "-c", "import configs.demo, lct_flax; print(lct_flax.__file__)"],
+      capture_output=True, text=True, cwd=tmp_path, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == os.path.join(ROOT, "lct_flax", "__init__.py")
