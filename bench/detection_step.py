@@ -3,9 +3,9 @@
 Each variant is the real detector of configs/detection/base.py with a ResNet-50 (by default) and
 the given attention, its real training step (the detection task's compiled step: RPN and R-CNN
 targets, losses, backward, the SGD update with frozen stem and layer1 and clipping) and its
-inference (`detection.training.detect_step`: proposals, box head, per-class NMS), on random uint8 images
-with a few random ground-truth boxes (and, for the mask detectors, bit-packed instance masks
-filling them) at the paper's landscape canvas (800x1344). Variants are
+inference (`detection.training.detect_step`: proposals, box head, per-class NMS), on random
+uint8 images with a few random ground-truth boxes (and, for the mask detectors, bit-packed
+instance masks filling them) at the paper's landscape canvas (800x1344). Variants are
 alternated in one process (A B C A B C ...) after `--warmup` untimed rounds and the table gives
 median step times, ratios to the plain backbone and the compile times of the first step
 (lowering and XLA compilation); the timing helpers are bench.train_step's.

@@ -2,8 +2,8 @@
 
 Each variant is the classification task's compiled training step (`train_state.train_step` of
 its loss: forward, backward, BatchNorm statistics, the PyTorch-SGD update of `optimization`) on a
-config from `configs/base.py`, the state donated. Variants of one dtype are alternated in one process (A B C A B C ...) so that
-load from other jobs on the machine hits them alike; the first `--warmup` rounds are not timed;
+config from `configs/base.py`, the state donated. Variants of one dtype are alternated in one
+process (A B C A B C ...) so that load from other jobs on the machine hits them alike; the first `--warmup` rounds are not timed;
 the table gives the median step time. Compile time is that of the first step, lowering and XLA
 compilation timed separately; with `--compile_rounds=K` the variants are also lowered and compiled
 again K times, alternated, with JAX's caches cleared before each, and the columns give the median

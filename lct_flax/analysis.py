@@ -264,7 +264,8 @@ def analyze_export(export_dir: str, *, dataset: Optional[str] = None, split: Opt
   dataset_config = classifier_evaluation.eval_dataset_config(config, dataset=dataset, split=split,
                                                     data_dir=data_dir)
   info = classifier_evaluation.dataset_info(dataset_config)
-  classifier_evaluation.check_num_classes(int(config.model.num_classes), info, dataset_config, export_dir)
+  classifier_evaluation.check_num_classes(int(config.model.num_classes), info, dataset_config,
+                                          export_dir)
   mesh = parallel.create_mesh()
   if batch_size is None:
     batch_size = classifier_evaluation.default_batch_size(config, mesh.devices.size)

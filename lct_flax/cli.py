@@ -23,7 +23,8 @@ from absl import logging
 from lct_flax import config_schema
 from lct_flax import quiet_tensorflow
 
-flags.DEFINE_bool("verbose", False, "Show tracebacks of expected errors too.")
+flags.DEFINE_bool("verbose", False, "Show tracebacks of expected errors, library INFO lines "
+                  "and absl's full log prefix too.")
 
 # Errors whose message is the whole story. Anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError)
@@ -38,11 +39,27 @@ class FlagError(ValueError):
   """A command line that cannot be parsed."""
 
 
+# Library warnings that say nothing to a user: tfds' about the dataset directory it is writing.
+_NOISE = ("has no dataset_info.json",)
+
+
 class _OwnInfoOnly(std_logging.Filter):
-  """Keeps INFO lines from this package only; libraries (orbax, jax, tfds) show warnings and up."""
+  """Keeps INFO lines from this package only; libraries (orbax, jax, tfds) show warnings and up,
+  but for the known noise."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+    if record.levelno < std_logging.WARNING:
+      return record.pathname.startswith(_PACKAGE_DIR)
+    return not any(text in record.getMessage() for text in _NOISE)
+
+
+class _ConsoleFormatter(std_logging.Formatter):
+  """`HH:MM:SS message` (warnings and errors say so), instead of absl's prefix of severity, date,
+  thread and file:line, which --verbose keeps."""
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    level = "" if record.levelno < std_logging.WARNING else f"{record.levelname.lower()}: "
+    return f"{self.formatTime(record, '%H:%M:%S')} {level}{record.getMessage()}"
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -52,6 +69,7 @@ def run(main: Callable[[list[str]], None]) -> None:
   def guarded(argv):
     if not flags.FLAGS.verbose:
       logging.get_absl_handler().addFilter(_OwnInfoOnly())
+      logging.get_absl_handler().setFormatter(_ConsoleFormatter())
     try:
       main(argv)
     except EXPECTED_ERRORS as error:

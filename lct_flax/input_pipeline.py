@@ -607,18 +607,17 @@ def _main(argv):
   flag_values = flags.FLAGS
   config = default_dataset_config(flag_values.dataset, data_dir=flag_values.data_dir,
                                   manual_dir=flag_values.manual_dir)
-  try:
-    prepare_dataset(config)
-  except DatasetError as error:
-    raise SystemExit(f"error: {error}") from None
+  prepare_dataset(config)
   info = get_dataset_info(config)
   print(f"{config.name} ready in {_prepared_builder(_settings(config)).data_dir}: {info}")
 
 
 if __name__ == "__main__":
+  from lct_flax import cli
+
   flags.DEFINE_string("dataset", "imagenet2012", "tfds name of the dataset to prepare.")
   flags.DEFINE_string("data_dir", None, "tfds data directory (default: tfds' default).")
   flags.DEFINE_string("manual_dir", None,
                       "Directory with manually downloaded files, e.g. the two ILSVRC2012 tars "
                       "(default: <data_dir>/downloads/manual).")
-  app.run(_main)
+  cli.run(_main)

@@ -119,9 +119,10 @@ def _run(training: Training, workdir: str) -> dict:
     fileio.write_json_atomically(
         os.path.join(workdir, "config.json"),
         {**json.loads(training.config.to_json_best_effort()), **record})
-  logging.info("Training %s for %d steps (%d per epoch) on %d devices, from step %d",
-               training.description, training.total_steps, training.steps_per_epoch,
-               training.mesh.devices.size, start_step)
+  devices = training.mesh.devices.size
+  logging.info("Training %s for %d steps (%d per epoch) on %d device%s, from step %d",
+               training.description, training.total_steps, training.steps_per_epoch, devices,
+               "" if devices == 1 else "s", start_step)
   return _train(training, settings, state, workdir, checkpointer)
 
 
@@ -192,7 +193,7 @@ def _train(training: Training, settings: Settings, state: TrainState, workdir: s
 def _evaluate_keeping_state(training: Training, state: TrainState, step: int,
                             checkpointer: checkpointing.Checkpointer) -> dict:
   """`training.evaluate(state)`; if it fails (a corrupt eval image, say), the training state of
-  `step` is checkpointed (unless it already is) before the error is raised: no step is lost to it."""
+  `step` is checkpointed (unless it already is) before the error is raised: no step is lost."""
   try:
     return training.evaluate(state)
   except Exception as error:

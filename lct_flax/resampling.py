@@ -42,13 +42,14 @@ def resize(image, size, scale, translation=(0.0, 0.0), flip=None):
   rows = _resample_rows(tf.reshape(image, [height, width * 3]), size, scale[0], translation[0])
   columns_first = tf.reshape(tf.transpose(tf.reshape(rows, [size, width, 3]), [1, 0, 2]),
                              [width, size * 3])
-  resampled = _resample_rows(columns_first, size, scale[1], translation[1])
-  # Values are convex combinations of uint8 values, so + 0.5 and truncation round half up.
-  transposed = tf.cast(resampled + 0.5, tf.uint8)  # [size (columns), size * 3]
+  transposed = _resample_rows(columns_first, size, scale[1], translation[1])  # [columns, ...]
   if flip is not None:
     order = tf.range(size)
     transposed = tf.gather(transposed, tf.where(flip, size - 1 - order, order))
-  return tf.transpose(tf.reshape(transposed, [size, size, 3]), [1, 0, 2])
+  resampled = tf.transpose(tf.reshape(transposed, [size, size, 3]), [1, 0, 2])
+  # Values are convex combinations of uint8 values, so + 0.5 and truncation round half up. (The
+  # transposes stay in float32: TensorFlow's oneDNN build logs an error line for uint8 ones.)
+  return tf.cast(resampled + 0.5, tf.uint8)
 
 
 def source_span(length, scale, first, count):

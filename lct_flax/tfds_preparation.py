@@ -8,8 +8,11 @@ hold. Every failure is one line of the source's error type naming the directory 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
+import time
 from typing import Any, Callable, Optional
 
 import tensorflow_datasets as tfds
@@ -44,7 +47,8 @@ def manual_dir(source: Source, tfds_builder: Any) -> str:
 
 
 def prepare(source: Source) -> None:
-  """Prepares the dataset once (a no-op, said in the log, when it is already prepared)."""
+  """Prepares the dataset once (a no-op, said in the log, when it is already prepared). tfds'
+  own console lines (sizes it does not know, nested progress bars) give way to two of ours."""
   from absl import logging
   tfds_builder = builder(source)
   if tfds_builder.is_prepared():
@@ -54,8 +58,16 @@ def prepare(source: Source) -> None:
   missing = source.missing(directory)
   if missing is not None:
     raise missing
-  tfds_builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=directory))
+  logging.info("Preparing %s in %s (once) ...", source.name, tfds_builder.data_dir_root)
+  start = time.perf_counter()
+  tfds.disable_progress_bar()
+  with contextlib.redirect_stdout(io.StringIO()):
+    tfds_builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=directory))
+  splits = ", ".join(f"{split.num_examples} {name}" for name, split in
+                     sorted(tfds_builder.info.splits.items()))
+  logging.info("Prepared %s in %.0f s: %s examples.", source.name, time.perf_counter() - start,
+               splits)
 
 
 def prepared_builder(source: Source) -> Any:

@@ -9,6 +9,7 @@ import io
 import itertools
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -222,6 +223,21 @@ def test_prepare_cli_reports_missing_tars(tmp_path):
   assert result.returncode != 0
   assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in result.stderr
   assert "oneDNN custom operations" not in result.stderr   # TensorFlow's import banner
+
+
+def test_preparing_says_what_it_does_in_two_lines_and_nothing_else(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "lct_flax.input_pipeline", "--dataset=sklearn_digits",
+       f"--data_dir={tmp_path / 'data'}"], capture_output=True, text=True, timeout=120,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stderr.splitlines()
+  assert len(lines) == 2, lines     # no tfds progress bars, size guesses or warnings
+  assert re.fullmatch(r"\d\d:\d\d:\d\d Preparing sklearn_digits in .*data \(once\) \.\.\.",
+                      lines[0])
+  assert re.fullmatch(r"\d\d:\d\d:\d\d Prepared sklearn_digits in \d+ s: 360 test, 1437 train "
+                      r"examples\.", lines[1])
+  assert result.stdout.startswith("sklearn_digits ready in ")
 
 
 def test_batch_size_must_divide_among_processes(imagenet_config):

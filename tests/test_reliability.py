@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -166,6 +167,11 @@ def test_sigterm_checkpoints_the_current_step_and_exits_zero(digits_config, tmp_
   assert resumed.finish() == 0, resumed.output[-3000:]
   assert f"from step {step}" in resumed.output
   assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [step, step + 2]
+  # The console: our lines as "HH:MM:SS message", no absl prefix on Python log lines, and no
+  # oneDNN error line from the input pipeline (training and evaluation ran).
+  assert any(re.match(r"\d\d:\d\d:\d\d Training resnet18", line) for line in resumed.lines)
+  assert not [line for line in resumed.lines if re.match(r"[IWEF]\d{4} .*\.py:\d+\] ", line)]
+  assert "oneDNN" not in resumed.output and "eval at step" in resumed.output
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(digits_config, tmp_path):
