@@ -1,8 +1,7 @@
 """Mask R-CNN on the shared loop (issue 14): a tiny LCT Mask R-CNN on the generated shapes COCO
 layout through the real builder, the pipeline's bit-packed instance masks, the loop, checkpoints
 and COCOeval bbox + segm: one compile per canvas, finite losses, a mask loss that descends,
-exact resume
-mid-epoch, and an export that evaluates (box and mask AP) as training did."""
+exact resume mid-epoch, and an export that evaluates (box and mask AP) as training did."""
 
 import json
 
