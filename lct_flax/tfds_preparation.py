@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import io
 import os
+import shutil
 import time
 from typing import Any, Callable, Optional
 
@@ -58,6 +60,10 @@ def prepare(source: Source) -> None:
   missing = source.missing(directory)
   if missing is not None:
     raise missing
+  removed = remove_unfinished(tfds_builder)
+  if removed:
+    logging.info("Removed %d unfinished preparation(s) of %s that an interrupted run left: %s",
+                 len(removed), source.name, ", ".join(removed))
   logging.info("Preparing %s in %s (once) ...", source.name, tfds_builder.data_dir_root)
   start = time.perf_counter()
   tfds.disable_progress_bar()
@@ -68,6 +74,18 @@ def prepare(source: Source) -> None:
                      sorted(tfds_builder.info.splits.items()))
   logging.info("Prepared %s in %.0f s: %s examples.", source.name, time.perf_counter() - start,
                splits)
+
+
+def remove_unfinished(tfds_builder: Any) -> list[str]:
+  """Deletes the `incomplete.*` directories of this dataset version that a killed preparation
+  left beside the one it would have made (tfds starts a new one each time); returns their names.
+  Preparation runs on one process, so none of them is being written."""
+  parent = os.path.dirname(os.fspath(tfds_builder.data_dir))
+  names = sorted(os.path.basename(path) for path in glob.glob(
+      os.path.join(parent, f"incomplete.*_{tfds_builder.version}")))
+  for name in names:
+    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+  return names
 
 
 def prepared_builder(source: Source) -> Any:

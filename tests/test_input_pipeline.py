@@ -240,6 +240,16 @@ def test_preparing_says_what_it_does_in_two_lines_and_nothing_else(tmp_path):
   assert result.stdout.startswith("sklearn_digits ready in ")
 
 
+def test_preparing_again_after_a_kill_removes_what_the_killed_one_left(tmp_path):
+  unfinished = tmp_path / "data" / "sklearn_digits" / "incomplete.K1LLED_1.0.0"
+  unfinished.mkdir(parents=True)
+  (unfinished / "sklearn_digits-train.tfrecord-00000-of-00001").write_bytes(b"half")
+  config = ip.default_dataset_config("sklearn_digits", data_dir=str(tmp_path / "data"))
+  ip.prepare_dataset(config)
+  assert sorted(os.listdir(tmp_path / "data" / "sklearn_digits")) == ["1.0.0"]
+  assert ip.get_dataset_info(config).num_train_examples == 1437
+
+
 def test_batch_size_must_divide_among_processes(imagenet_config):
   with pytest.raises(ip.DatasetError, match="multiple of the process count"):
     ip.create_eval_iterator(imagenet_config, global_batch_size=5, process_count=2)
