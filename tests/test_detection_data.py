@@ -327,6 +327,25 @@ def test_images_that_do_not_decode_are_skipped_at_preparation_with_their_names(
   assert all(np.all(np.isfinite(batch["boxes"])) for _, batch in zip(range(12), batches))
 
 
+def test_boxes_wholly_outside_their_images_are_warned_about_at_preparation(
+    coco_shapes_layout, tmp_path, caplog):
+  root = _copy_layout(coco_shapes_layout, tmp_path / "coco")
+  path = os.path.join(root, coco_layout.SPLITS["train"][1])
+  dataset = _annotation_file(coco_shapes_layout, "train")
+  sizes = {image["id"]: image["width"] for image in dataset["images"]}
+  moved = dataset["annotations"][2]
+  moved["bbox"] = [sizes[moved["image_id"]] + 5.0, 0.0, 10.0, 10.0]   # right of the image
+  with open(path, "w") as f:
+    json.dump(dataset, f)
+  config = data_config.shapes_dataset_config(data_dir=str(tmp_path / "data"), manual_dir=root)
+  with caplog.at_level(logging.WARNING):
+    data.prepare_dataset(config)
+  warning = [r.getMessage() for r in caplog.records if "wholly outside" in r.getMessage()]
+  assert len(warning) == 1 and path in warning[0]
+  assert f"1 of {len(dataset['annotations'])} annotations" in warning[0]
+  assert f"(ids {moved['id']})" in warning[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # The transform: sizes, pixels and boxes against independent transcriptions.
 

@@ -105,6 +105,19 @@ def segmentation_problem(segmentation: Any, height: int, width: int) -> Optional
   return "a segmentation that is neither polygons nor an RLE"
 
 
+def boxes_outside_their_images(dataset: dict) -> list:
+  """Ids of the annotations whose bbox shares no area with its image (annotation errors: training
+  keeps them, clipped to the border as mmdetection v1 does, where they match nothing)."""
+  sizes = {image["id"]: (image["height"], image["width"]) for image in dataset["images"]}
+  outside = []
+  for annotation in dataset["annotations"]:
+    height, width = sizes[annotation["image_id"]]
+    x, y, w, h = annotation["bbox"]
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+      outside.append(annotation["id"])
+  return outside
+
+
 def check_segmentations(dataset: dict, path: str) -> None:
   """Refuses the file if any annotation's segmentation cannot be decoded, with the count and the
   first ids."""

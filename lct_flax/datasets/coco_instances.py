@@ -151,6 +151,7 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
       coco_checks.check_fields(dataset, path)
       _check_categories(dataset, config.categories, path)
       coco_checks.check_segmentations(dataset, path)
+      _warn_about_boxes_outside(dataset, path)
       images = sorted(dataset["images"], key=lambda image: image["id"])
       objects = _objects_by_image(dataset, path)
       _check_files(root, image_dir, images, annotation_file)
@@ -197,6 +198,16 @@ def _objects_by_image(dataset, path):
                             f"which the file does not list; the file is damaged.")
     objects[annotation["image_id"]].append(annotation)
   return objects
+
+
+def _warn_about_boxes_outside(dataset, path):
+  outside = coco_checks.boxes_outside_their_images(dataset)
+  if outside:
+    logging.warning("%s: %d of %d annotations have a bbox wholly outside its image (ids %s%s); "
+                    "they are kept, clipped to the image border as mmdetection v1 does, where "
+                    "they match no anchor: fix them in the file if they are errors.", path,
+                    len(outside), len(dataset["annotations"]),
+                    ", ".join(map(str, outside[:5])), ", ..." if len(outside) > 5 else "")
 
 
 def _check_files(root, image_dir, images, annotation_file):
