@@ -24,13 +24,16 @@ import tensorflow_datasets as tfds
 class Source:
   """`command(manual_dir)` is the shell command that prepares the dataset; `missing(manual_dir)`
   the error for a manual directory that lacks the files preparation reads (None when complete or
-  when nothing is read from it); `unknown` the hint for a name tfds does not know."""
+  when nothing is read from it); `stale(builder, manual_dir)` the error for a prepared dataset
+  whose source files have changed since (None when they have not, or cannot tell); `unknown` the
+  hint for a name tfds does not know."""
   name: str
   data_dir: Optional[str]
   manual_dir: Optional[str]
   command: Callable[[str], str]
   error: type
   missing: Callable[[str], Optional[Exception]] = lambda manual_dir: None
+  stale: Callable[[Any, str], Optional[Exception]] = lambda builder, manual_dir: None
   unknown: str = "use a tfds name (see tfds.list_builders())"
 
 
@@ -53,10 +56,13 @@ def prepare(source: Source) -> None:
   own console lines (sizes it does not know, nested progress bars) give way to two of ours."""
   from absl import logging
   tfds_builder = builder(source)
+  directory = manual_dir(source, tfds_builder)
   if tfds_builder.is_prepared():
+    stale = source.stale(tfds_builder, directory)
+    if stale is not None:
+      raise stale
     logging.info("%s is already prepared in %s.", source.name, tfds_builder.data_dir)
     return
-  directory = manual_dir(source, tfds_builder)
   missing = source.missing(directory)
   if missing is not None:
     raise missing

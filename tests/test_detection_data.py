@@ -327,6 +327,24 @@ def test_images_that_do_not_decode_are_skipped_at_preparation_with_their_names(
   assert all(np.all(np.isfinite(batch["boxes"])) for _, batch in zip(range(12), batches))
 
 
+def test_a_prepared_dataset_whose_coco_files_changed_is_refused_in_one_line(coco_shapes_layout,
+                                                                           tmp_path):
+  root = _copy_layout(coco_shapes_layout, tmp_path / "coco")
+  config = data_config.shapes_dataset_config(data_dir=str(tmp_path / "data"), manual_dir=root)
+  data.prepare_dataset(config)
+  image = os.path.join(root, "val2017", _annotation_file(coco_shapes_layout,
+                                                          "validation")["images"][0]["file_name"])
+  with open(image, "r+b") as f:   # repaired (or damaged) after preparation
+    f.truncate(os.path.getsize(image) - 10)
+  with pytest.raises(DetectionDataError) as error:
+    data.prepare_dataset(config)
+  message = str(error.value)
+  assert "\n" not in message and "(val2017/ changed)" in message
+  assert "delete " in message and "python -m lct_flax.detection.data" in message
+  shutil.rmtree(os.path.join(root, "val2017"))   # the COCO files gone: nothing to compare with
+  data.prepare_dataset(config)
+
+
 def test_boxes_wholly_outside_their_images_are_warned_about_at_preparation(
     coco_shapes_layout, tmp_path, caplog):
   root = _copy_layout(coco_shapes_layout, tmp_path / "coco")

@@ -51,6 +51,8 @@ INDEX_FIELDS = ("image_id", "height", "width", "num_annotations", "num_boxes", "
 # Keys are spread over the shuffler's key space (2**128): with ``disable_shuffling`` tfds sorts
 # by key and buckets by key range, so small keys would put every example into one bucket,
 # sorted in memory.
+# info.metadata key of the COCO files' `coco_layout.fingerprint` at preparation.
+SOURCE_KEY = "source"
 _KEY_SPACE = 2**127
 # tf.Example keeps floats as float32; raw bytes keep the float64 values of the JSON exactly.
 _EXACT = tfds.features.Encoding.BYTES
@@ -145,6 +147,7 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
     if missing:
       raise layout_error(config.name, root, missing)
     generators = {}
+    self.info.metadata[SOURCE_KEY] = coco_layout.fingerprint(root)
     for split, (image_dir, annotation_file) in coco_layout.SPLITS.items():
       path = os.path.join(root, annotation_file)
       dataset = coco_checks.load(path)

@@ -11,6 +11,7 @@ annotations_trainval2017.zip, unzipped into one directory)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -61,6 +62,26 @@ def missing_paths(root: str) -> list[str]:
     if not os.path.isdir(os.path.join(root, image_dir)):
       missing.append(image_dir + "/")
   return missing
+
+
+def fingerprint(root: str) -> dict:
+  """What the prepared records were made from, cheaply: the size of each annotation file, and per
+  image directory its number of files and a digest of their names and sizes (a repaired or
+  replaced image changes it; copying or moving the directory does not)."""
+  found = {}
+  for image_dir, annotation_file in SPLITS.values():
+    found[annotation_file] = os.path.getsize(os.path.join(root, annotation_file))
+    entries = sorted((entry.name, entry.stat().st_size)
+                     for entry in os.scandir(os.path.join(root, image_dir)) if entry.is_file())
+    digest = hashlib.sha256("".join(f"{name}:{size}\n" for name, size in entries).encode())
+    found[image_dir + "/"] = f"{len(entries)} files, {digest.hexdigest()[:16]}"
+  return found
+
+
+def changes(recorded: dict, root: str) -> list[str]:
+  """The paths of `root` whose fingerprint differs from `recorded` (a `fingerprint`)."""
+  now = fingerprint(root)
+  return [path for path in now if path in recorded and recorded[path] != now[path]]
 
 
 def degenerate(bbox_xywh, area) -> np.ndarray:

@@ -111,9 +111,22 @@ def _source(settings) -> tfds_preparation.Source:
     return coco_instances.layout_error(settings.name.split("/")[1], manual_dir,
                                        paths) if paths else None
 
+  def stale(builder, manual_dir):
+    recorded = builder.info.metadata.get(coco_instances.SOURCE_KEY)
+    if not recorded or coco_layout.missing_paths(manual_dir):
+      return None   # prepared before fingerprints, or the COCO files are gone: nothing to compare
+    changed = coco_layout.changes(recorded, manual_dir)
+    if not changed:
+      return None
+    return DetectionDataError(
+        f"{settings.name} in {builder.data_dir} was prepared from other files than "
+        f"{manual_dir} holds now ({' and '.join(changed)} changed); delete {builder.data_dir} "
+        f"and run `{command(manual_dir)}` to prepare it again, or point dataset.manual_dir at "
+        f"the files it was prepared from.")
+
   return tfds_preparation.Source(
       name=settings.name, data_dir=settings.data_dir, manual_dir=settings.manual_dir,
-      command=command, error=DetectionDataError, missing=missing,
+      command=command, error=DetectionDataError, missing=missing, stale=stale,
       unknown="use coco_instances/2017 (or coco_instances/shapes, the generated one)")
 
 
