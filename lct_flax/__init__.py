@@ -3,8 +3,10 @@
 Where things live (data flows config -> data + model -> loop -> checkpoints -> export -> evaluate):
 
 Models (no training code; usable alone in a notebook)
-  attention         LCT (eqs. 2-5), SE, SE+: the blocks, by name; add a block here
+  attention         LCT (eqs. 2-5), SE, SE+; blocks: each registered once by name (add one there)
   layers, models    BatchNorm and initialisers; ResNet-18..152 v1.5 with a block in every unit
+  model_specs       a classifier's and a detector's settings: their config rules, identity, export
+                    section and module derive from them
   flops             parameter and multiply-add counts (Table 1)
   interop           torchvision/timm state dicts in and out
 Tasks (`tasks`: the registry; one module per task implementing `tasks.base.Task`)
@@ -22,5 +24,6 @@ Data
 Exports and analysis
   export_format     the files of an export (no task knowledge); export: the command and load
   evaluate          an export on a split, as its task evaluates; analysis: Figs. 1, 3, 4
-Command-line support: cli, config_schema (every config key's type and range), quiet_tensorflow.
+Command-line support: cli, config_schema (every config key's type and range; schema_rules),
+quiet_tensorflow.
 """

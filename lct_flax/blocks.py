@@ -77,6 +77,31 @@ def get(name: Optional[str]) -> Optional[Block]:
   return BLOCKS[name]
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionName:
+  """The rule of `model.attention`: "none" or a registered block (when checked)."""
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    return isinstance(value, str) and value in names()
+
+  def describe(self) -> str:
+    return "one of " + ", ".join(repr(name) for name in names())
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+  """The rule of `model.attention_kwargs`: a mapping; each option is checked against the rules
+  of the block `model.attention` names (the config schema, `Block.factory`)."""
+  required: bool = True
+
+  def allows(self, value: Any) -> bool:
+    return isinstance(value, Mapping)
+
+  def describe(self) -> str:
+    return "a section of attention options"
+
+
 _SE_OPTIONS = {"reduction": rules.Integer(minimum=1), "use_norm": rules.Flag(),
                "groups": rules.Integer(minimum=1), "epsilon": rules.Real(0, open_low=True)}
 

@@ -18,11 +18,11 @@ workdirs' config.json).
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from lct_flax import blocks
+from lct_flax import model_specs
 from lct_flax.schema_rules import (Flag, Integer, Integers, Name, Names, Numbers, OneOf, Real,
                                    Record, Shapes, Text)
 
@@ -33,36 +33,9 @@ class ConfigError(ValueError):
   """A config key is missing, unknown, of the wrong type or out of range."""
 
 
-@dataclasses.dataclass(frozen=True)
-class AttentionName:
-  """`model.attention`: "none" or a block registered in `lct_flax.blocks` (when checked)."""
-  required: bool = True
-
-  def allows(self, value: Any) -> bool:
-    return isinstance(value, str) and value in blocks.names()
-
-  def describe(self) -> str:
-    return "one of " + ", ".join(repr(name) for name in blocks.names())
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionOptions:
-  """`model.attention_kwargs`: a section checked against the options of the block
-  `model.attention` names (`lct_flax.blocks`)."""
-  required: bool = True
-
-  def describe(self) -> str:
-    return "a section of attention options"
-
-
 # Keys of every task.
 COMMON_RULES: dict[str, Any] = {
     "task": OneOf(("classification", "detection"), required=False),  # absent: classification
-    "model.name": OneOf(("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
-    "model.attention": AttentionName(),
-    ATTENTION_KWARGS: AttentionOptions(),
-    "model.width": Real(minimum=1 / 64),  # 64 * width stem channels, at least 1
-    "model.zero_init_last_bn": Flag(required=False),
     "dataset.name": Name(),
     "dataset.data_dir": Name(optional=True, noun="path", required=False),
     "dataset.manual_dir": Name(optional=True, noun="path", required=False),
@@ -102,7 +75,7 @@ COMMON_RULES: dict[str, Any] = {
 }
 
 CLASSIFICATION_RULES: dict[str, Any] = {
-    "model.small_stem": Flag(),
+    "model.zero_init_last_bn": Flag(required=False),
     "dataset.image_size": Integer(minimum=1),
     "dataset.resize_size": Integer(minimum=1, also=(None,), required=False),
     "dataset.crop_area_range": Numbers(Real(0, 1, open_low=True), length=2, required=False),
@@ -115,15 +88,6 @@ CLASSIFICATION_RULES: dict[str, Any] = {
 }
 
 DETECTION_RULES: dict[str, Any] = {
-    "model.detector": OneOf(("faster_rcnn", "cascade_rcnn", "mask_rcnn", "cascade_mask_rcnn")),
-    "model.convention": OneOf(("mmdet_v1", "torchvision")),
-    "model.fpn_channels": Integer(minimum=1, required=False),
-    "model.fc_hidden": Integer(minimum=1, required=False),
-    "model.rpn_proposals_train": Integer(minimum=1, required=False),
-    "model.rpn_proposals_test": Integer(minimum=1, required=False),
-    "model.rcnn_samples": Integer(minimum=1, required=False),
-    "model.max_candidates": Integer(minimum=1, required=False),
-    "model.mask_hidden": Integer(minimum=1, required=False),
     "dataset.img_scale": Integers(2, minimum=1),
     "dataset.canvases": Shapes(),
     "dataset.size_divisor": Integer(minimum=1, required=False),
@@ -133,8 +97,11 @@ DETECTION_RULES: dict[str, Any] = {
     "dataset.box_convention": OneOf(("mmdet_v1", "torchvision"), required=False),
 }
 
-TASK_RULES = {"classification": {**COMMON_RULES, **CLASSIFICATION_RULES},
-              "detection": {**COMMON_RULES, **DETECTION_RULES}}
+# The config.model rules come from the model specs (lct_flax.model_specs).
+TASK_RULES = {
+    "classification": {**COMMON_RULES, **model_specs.ClassifierSpec.config_rules(),
+                       **CLASSIFICATION_RULES},
+    "detection": {**COMMON_RULES, **model_specs.DetectorSpec.config_rules(), **DETECTION_RULES}}
 # The classification rules (every config before the detection task had these).
 RULES = TASK_RULES["classification"]
 

@@ -4,8 +4,8 @@ Ops (pure, jit-able, static shapes): `convention` (where mmdetection v1.0, the p
 and torchvision differ), `boxes` (IoU, box coder, NMS), `anchors`, `roi_align`, `targets`
 (assigner, sampler, RPN and R-CNN targets), `losses`, `postprocess` (RPN proposals, per-class
 NMS), `masks` (Mask R-CNN's targets from bit-packed instance masks). Model: `fpn`, `rpn`,
-`roi_heads`, `detector` (Faster, Cascade, Mask and Cascade Mask R-CNN), built from an export's
-`model` section by `exporting`. Data (TensorFlow, no Flax): `data_config`, `transforms`,
+`roi_heads`, `detector` (Faster, Cascade, Mask and Cascade Mask R-CNN), built from a
+`model_specs.DetectorSpec`. Data (TensorFlow, no Flax): `data_config`, `transforms`,
 `sampler`, `data` (COCO-layout records -> canvas batches); `segmentation` (host: COCO masks onto
 the canvas, detection masks pasted and RLE-encoded). Training and evaluation: `training` (the
 loss and the detect step of the detection task, `lct_flax.tasks.detection`), `evaluation` and

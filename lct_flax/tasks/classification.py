@@ -1,11 +1,11 @@
 """Image classification (the paper's Tables 1-5): a ResNet with an attention block on a tfds split.
 
-The model is `models.create_model` as `config.model` says; the loss is the cross-entropy of
+The model is the `model_specs.ClassifierSpec` of `config.model` (`models.create_model`); the loss is the cross-entropy of
 `classifier_steps`; the data is `input_pipeline` (ImageNet from the tars, any tfds set, the
 embedded digits); evaluation is top-1/top-5 over every example of the eval split exactly once.
-An export's `model` section holds the arguments of `models.create_model` (name, attention,
-attention_kwargs, width, small_stem, num_classes, dtype) and its `dataset` section the eval
-preprocessing (name, eval_split, data_dir, image_size, resize_size, mean, std).
+An export's `model` section is that spec (name, attention, attention_kwargs, width, small_stem,
+num_classes, dtype) and its `dataset` section the eval preprocessing (name, eval_split, data_dir,
+image_size, resize_size, mean, std).
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ from lct_flax import config_schema
 from lct_flax import dataset_defaults
 from lct_flax import freezing
 from lct_flax import loop
-from lct_flax import models
+from lct_flax import model_specs
 from lct_flax import parallel
 from lct_flax import train_state
 from lct_flax.tasks import base
 
-MODEL_KEYS = ("name", "attention", "attention_kwargs", "width", "small_stem", "num_classes",
-              "dtype")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 PREPROCESSING_KEYS = ("image_size", "resize_size", "mean", "std")
 
 
@@ -50,15 +47,11 @@ class Classification(base.Task):
     config_schema.validate(config)
 
   def create_model(self, config, num_classes):
-    m = config.model
     frozen_stages, frozen_bn = _frozen(config)
-    return models.create_model(
-        m.name, attention=m.attention, num_classes=num_classes,
-        dtype=jnp.bfloat16 if config.half_precision else jnp.float32, width=m.width,
-        small_stem=m.small_stem, zero_init_last_bn=m.zero_init_last_bn,
+    return model_specs.ClassifierSpec.from_config(config, num_classes).module(
+        zero_init_last_bn=config.model.zero_init_last_bn,
         bn_group_size=config.bn_group_size or None, frozen_stages=frozen_stages,
-        norm_eval=bool(config.get("norm_eval", False)), frozen_bn=frozen_bn,
-        **m.attention_kwargs.to_dict())
+        norm_eval=bool(config.get("norm_eval", False)), frozen_bn=frozen_bn)
 
   def init_variables(self, model, config, rng):
     size = config.dataset.image_size
@@ -71,11 +64,8 @@ class Classification(base.Task):
     return freezing.parameter_labels(params, frozen_stages=frozen_stages, frozen_bn=frozen_bn)
 
   def model_identity(self, config, num_classes):
-    m = config.model
     frozen_stages, frozen_bn = _frozen(config)
-    return {"model.name": m.name, "model.attention": m.attention,
-            "model.attention_kwargs": m.attention_kwargs.to_dict(), "model.width": m.width,
-            "model.small_stem": m.small_stem, "num_classes": num_classes,
+    return {**model_specs.ClassifierSpec.from_config(config, num_classes).identity(),
             "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
 
   def sizes(self, config):
@@ -124,16 +114,7 @@ class Classification(base.Task):
         description=f"{config.model.name} ({config.model.attention})", log_keys=("top1",))
 
   def model_section(self, config, num_classes):
-    m = config["model"]
-    return {
-        "name": m["name"],
-        "attention": None if m.get("attention") in (None, "none") else m["attention"],
-        "attention_kwargs": dict(_plain(m.get("attention_kwargs") or {})),
-        "width": float(m.get("width", 1.0)),
-        "small_stem": bool(m.get("small_stem", False)),
-        "num_classes": int(num_classes),
-        "dtype": "bfloat16" if config.get("half_precision") else "float32",
-    }
+    return model_specs.ClassifierSpec.from_config(config, num_classes).to_section()
 
   def dataset_section(self, config):
     d = config["dataset"]
@@ -148,16 +129,7 @@ class Classification(base.Task):
     return section
 
   def build_model(self, model_section):
-    missing = [k for k in MODEL_KEYS if k not in model_section]
-    if missing:
-      raise ValueError(f"model config lacks {missing}; it needs {list(MODEL_KEYS)}.")
-    if model_section["dtype"] not in DTYPES:
-      raise ValueError(f"unknown dtype {model_section['dtype']!r}; use one of {sorted(DTYPES)}.")
-    return models.create_model(
-        model_section["name"], attention=model_section["attention"],
-        num_classes=int(model_section["num_classes"]), dtype=DTYPES[model_section["dtype"]],
-        width=float(model_section["width"]), small_stem=bool(model_section["small_stem"]),
-        **dict(_plain(model_section["attention_kwargs"]) or {}))
+    return model_specs.ClassifierSpec.from_section(model_section).module()
 
   def abstract_variables(self, model, dataset_section):
     size = int(dataset_section["image_size"])

@@ -1,12 +1,12 @@
 """Object detection and instance segmentation (the paper's Tables 6-7) on COCO-layout data.
 
-The model is the detector `config.model` describes (`detection.exporting.build_detector`: Faster,
-Cascade, Mask or Cascade Mask R-CNN with FPN on an attention ResNet), its backbone frozen as
-`frozen_stages`, `norm_eval` and `frozen_bn` say (mmdetection's meanings); `init_from` loads an
+The model is the `model_specs.DetectorSpec` of `config.model` (Faster, Cascade, Mask or Cascade
+Mask R-CNN with FPN on an attention ResNet), its backbone frozen as `frozen_stages`, `norm_eval`
+and `frozen_bn` say (mmdetection's meanings); `init_from` loads an
 ImageNet ResNet into the backbone. The loss is `TwoStageDetector.losses`; the data canvas batches
 (`detection.data`); evaluation COCO box (and mask) AP (`detection.evaluation`, results JSONs in
-the workdir). An export's `model` section holds `task: "detection"` and what `build_detector`
-reads; its `dataset` section is the detection data config.
+the workdir). An export's `model` section is that spec with `task: "detection"`; its `dataset`
+section is the detection data config.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from absl import logging
 from lct_flax import config_schema
 from lct_flax import freezing
 from lct_flax import loop
+from lct_flax import model_specs
 from lct_flax import train_state
 from lct_flax.detection import evaluation
-from lct_flax.detection import exporting
 from lct_flax.detection import training
 from lct_flax.tasks import base
 
@@ -38,7 +38,7 @@ def _plain(value: Any) -> Any:
 
 
 class Detection(base.Task):
-  name = exporting.TASK
+  name = "detection"
   pretrained_path = ("backbone",)
   identity_defaults = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1"}
 
@@ -53,9 +53,9 @@ class Detection(base.Task):
 
   def create_model(self, config, num_classes):
     frozen_stages, frozen_bn = _frozen(config)
-    return exporting.build_detector(
-        self.model_section(config, num_classes), frozen_stages=frozen_stages,
-        norm_eval=config.get("norm_eval", False), frozen_bn=frozen_bn)
+    return model_specs.DetectorSpec.from_config(config, num_classes).module(
+        frozen_stages=frozen_stages, norm_eval=bool(config.get("norm_eval", False)),
+        frozen_bn=frozen_bn)
 
   def init_variables(self, model, config, rng):
     canvas = tuple(config.dataset.canvases[0])
@@ -74,17 +74,9 @@ class Detection(base.Task):
 
   def model_identity(self, config, num_classes):
     """Also the box convention the weights were trained under, and a mask head's width."""
-    m = config.model
     frozen_stages, frozen_bn = _frozen(config)
-    identity = {"task": self.name, "model.name": m.name, "model.attention": m.attention,
-                "model.attention_kwargs": m.attention_kwargs.to_dict(), "model.width": m.width,
-                "model.detector": m.detector, "model.convention": m.convention,
-                "model.fpn_channels": m.get("fpn_channels", 256),
-                "model.fc_hidden": m.get("fc_hidden", 1024), "num_classes": num_classes,
-                "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
-    if m.detector in exporting.MASK_DETECTORS:
-      identity["model.mask_hidden"] = m.get("mask_hidden", 256)
-    return identity
+    return {**model_specs.DetectorSpec.from_config(config, num_classes).identity(),
+            "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
 
   def sizes(self, config):
     from lct_flax.detection import data  # TensorFlow: only when the dataset is needed
@@ -133,7 +125,7 @@ class Detection(base.Task):
         + (("stage0_mask",) if with_masks else ()))
 
   def model_section(self, config, num_classes):
-    return exporting.model_section(config, num_classes)
+    return model_specs.DetectorSpec.from_config(config, num_classes).to_section()
 
   def dataset_section(self, config):
     """The detection data config of a training config, as plain JSON."""
@@ -143,7 +135,7 @@ class Detection(base.Task):
             for key, value in dataset.items()}
 
   def build_model(self, model_section):
-    return exporting.build_detector(model_section)
+    return model_specs.DetectorSpec.from_section(model_section).module()
 
   def abstract_variables(self, model, dataset_section):
     canvas = tuple(dataset_section["canvases"][0])
