@@ -46,10 +46,12 @@ class Experiment:
 
 
 class Task(abc.ABC):
-  """One kind of training. `name` is `config.task` and an export's `model.task`;
-  `pretrained_path` is where `init_from` loads a ResNet into the state's variables;
-  `identity_defaults` are the values of identity keys that an older model.json lacks."""
+  """One kind of training. `name` is `config.task` and an export's `model.task`; `spec` the
+  model family (`model_specs`); `pretrained_path` is where `init_from` loads a ResNet into the
+  state's variables; `identity_defaults` are the values of identity keys that an older
+  model.json lacks."""
   name: str
+  spec: type
   pretrained_path: tuple = ()
   identity_defaults: Mapping[str, Any] = {}
 
@@ -72,9 +74,12 @@ class Task(abc.ABC):
   def parameter_labels(self, params: Any, config: ml_collections.ConfigDict) -> Optional[Any]:
     """`freezing` labels of `params` when the config freezes something, else None."""
 
-  @abc.abstractmethod
   def model_identity(self, config: ml_collections.ConfigDict, num_classes: int) -> dict:
-    """The entries of model.json: what decides the saved state's shapes or its meaning."""
+    """The entries of model.json: what decides the saved state's shapes or its meaning (the
+    spec's, and what training freezes)."""
+    frozen_stages, frozen_bn = frozen(config)
+    return {**self.spec.from_config(config, num_classes).identity(),
+            "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
 
   # -- training ------------------------------------------------------------------------------
 
@@ -141,17 +146,17 @@ class Task(abc.ABC):
 
   # -- exports -------------------------------------------------------------------------------
 
-  @abc.abstractmethod
   def model_section(self, config: Mapping[str, Any], num_classes: int) -> dict:
-    """export.json's `model` of a training config (a ConfigDict or its JSON)."""
+    """export.json's `model` of a training config (a ConfigDict or its JSON): its spec."""
+    return self.spec.from_config(config, num_classes).to_section()
 
   @abc.abstractmethod
   def dataset_section(self, config: Mapping[str, Any]) -> dict:
     """export.json's `dataset`: the data and eval preprocessing of a training config."""
 
-  @abc.abstractmethod
   def build_model(self, model_section: Mapping[str, Any]) -> nn.Module:
     """The inference module of a `model` section (ValueError naming a bad entry)."""
+    return self.spec.from_section(model_section).module()
 
   @abc.abstractmethod
   def abstract_variables(self, model: nn.Module, dataset_section: Mapping[str, Any]) -> dict:
@@ -217,6 +222,16 @@ class Task(abc.ABC):
       return checkpointer.restore(experiment.abstract_state(), step)
     finally:
       checkpointer.close()
+
+
+def frozen(config: Mapping[str, Any]) -> tuple[int, bool]:
+  """(frozen_stages, frozen_bn) of a config; absent: nothing frozen."""
+  return int(config.get("frozen_stages", -1)), bool(config.get("frozen_bn", False))
+
+
+def plain(value: Any) -> Any:
+  """A ConfigDict as a dict; anything else as it is."""
+  return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def _initial_state(task: Task, model: Any, config: Any, optimizer: Any) -> TrainState:

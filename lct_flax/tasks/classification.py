@@ -11,7 +11,7 @@ image_size, resize_size, mean, std).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,24 +31,17 @@ from lct_flax.tasks import base
 PREPROCESSING_KEYS = ("image_size", "resize_size", "mean", "std")
 
 
-def _frozen(config: ml_collections.ConfigDict) -> tuple[int, bool]:
-  return int(config.get("frozen_stages", -1)), bool(config.get("frozen_bn", False))
-
-
-def _plain(value: Any) -> Any:
-  return value.to_dict() if hasattr(value, "to_dict") else value
-
-
 class Classification(base.Task):
   name = "classification"
+  spec = model_specs.ClassifierSpec
   identity_defaults = {"frozen_stages": -1, "frozen_bn": False}
 
   def check_config(self, config):
     config_schema.validate(config)
 
   def create_model(self, config, num_classes):
-    frozen_stages, frozen_bn = _frozen(config)
-    return model_specs.ClassifierSpec.from_config(config, num_classes).module(
+    frozen_stages, frozen_bn = base.frozen(config)
+    return self.spec.from_config(config, num_classes).module(
         zero_init_last_bn=config.model.zero_init_last_bn,
         bn_group_size=config.bn_group_size or None, frozen_stages=frozen_stages,
         norm_eval=bool(config.get("norm_eval", False)), frozen_bn=frozen_bn)
@@ -58,15 +51,10 @@ class Classification(base.Task):
     return model.init(rng, jnp.zeros((1, size, size, 3)), train=False)
 
   def parameter_labels(self, params, config):
-    frozen_stages, frozen_bn = _frozen(config)
+    frozen_stages, frozen_bn = base.frozen(config)
     if not freezing.freezes_anything(frozen_stages, frozen_bn):
       return None
     return freezing.parameter_labels(params, frozen_stages=frozen_stages, frozen_bn=frozen_bn)
-
-  def model_identity(self, config, num_classes):
-    frozen_stages, frozen_bn = _frozen(config)
-    return {**model_specs.ClassifierSpec.from_config(config, num_classes).identity(),
-            "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
 
   def sizes(self, config):
     from lct_flax import input_pipeline  # TensorFlow: only when the dataset is needed
@@ -113,9 +101,6 @@ class Classification(base.Task):
         evaluate=evaluate, describe_eval=describe_eval,
         description=f"{config.model.name} ({config.model.attention})", log_keys=("top1",))
 
-  def model_section(self, config, num_classes):
-    return model_specs.ClassifierSpec.from_config(config, num_classes).to_section()
-
   def dataset_section(self, config):
     d = config["dataset"]
     defaults = dataset_defaults.default_dataset_config(d["name"])
@@ -127,9 +112,6 @@ class Classification(base.Task):
     if section["resize_size"] is None:
       section["resize_size"] = int(round(section["image_size"] / 0.875))
     return section
-
-  def build_model(self, model_section):
-    return model_specs.ClassifierSpec.from_section(model_section).module()
 
   def abstract_variables(self, model, dataset_section):
     size = int(dataset_section["image_size"])

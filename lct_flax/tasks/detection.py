@@ -29,16 +29,9 @@ from lct_flax.detection import evaluation
 from lct_flax.detection import training
 from lct_flax.tasks import base
 
-def _frozen(config: ml_collections.ConfigDict) -> tuple[int, bool]:
-  return int(config.get("frozen_stages", -1)), bool(config.get("frozen_bn", False))
-
-
-def _plain(value: Any) -> Any:
-  return value.to_dict() if hasattr(value, "to_dict") else value
-
-
 class Detection(base.Task):
   name = "detection"
+  spec = model_specs.DetectorSpec
   pretrained_path = ("backbone",)
   identity_defaults = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1"}
 
@@ -52,8 +45,8 @@ class Detection(base.Task):
           f"config.model.convention={config.model.convention!r}; set both to the same value.")
 
   def create_model(self, config, num_classes):
-    frozen_stages, frozen_bn = _frozen(config)
-    return model_specs.DetectorSpec.from_config(config, num_classes).module(
+    frozen_stages, frozen_bn = base.frozen(config)
+    return self.spec.from_config(config, num_classes).module(
         frozen_stages=frozen_stages, norm_eval=bool(config.get("norm_eval", False)),
         frozen_bn=frozen_bn)
 
@@ -63,7 +56,7 @@ class Detection(base.Task):
 
   def parameter_labels(self, params, config):
     """The backbone's by mmdetection's rules; every other part (FPN, RPN, heads) trainable."""
-    frozen_stages, frozen_bn = _frozen(config)
+    frozen_stages, frozen_bn = base.frozen(config)
     if not freezing.freezes_anything(frozen_stages, frozen_bn):
       return None
     labels = jax.tree.map(lambda _: freezing.TRAINABLE, params)
@@ -71,12 +64,6 @@ class Detection(base.Task):
                                                    frozen_stages=frozen_stages,
                                                    frozen_bn=frozen_bn)
     return labels
-
-  def model_identity(self, config, num_classes):
-    """Also the box convention the weights were trained under, and a mask head's width."""
-    frozen_stages, frozen_bn = _frozen(config)
-    return {**model_specs.DetectorSpec.from_config(config, num_classes).identity(),
-            "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
 
   def sizes(self, config):
     from lct_flax.detection import data  # TensorFlow: only when the dataset is needed
@@ -124,18 +111,12 @@ class Detection(base.Task):
         log_keys=("rpn_cls", "rpn_box", "stage0_cls", "stage0_box", "stage0_accuracy")
         + (("stage0_mask",) if with_masks else ()))
 
-  def model_section(self, config, num_classes):
-    return model_specs.DetectorSpec.from_config(config, num_classes).to_section()
-
   def dataset_section(self, config):
     """The detection data config of a training config, as plain JSON."""
-    dataset = dict(_plain(config["dataset"]))
+    dataset = dict(base.plain(config["dataset"]))
     return {key: [list(v) if isinstance(v, (tuple, list)) else v for v in value]
             if key == "canvases" else (list(value) if isinstance(value, tuple) else value)
             for key, value in dataset.items()}
-
-  def build_model(self, model_section):
-    return model_specs.DetectorSpec.from_section(model_section).module()
 
   def abstract_variables(self, model, dataset_section):
     canvas = tuple(dataset_section["canvases"][0])
