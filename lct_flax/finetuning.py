@@ -30,11 +30,11 @@ def start(config: Any, workdir: str, abstract_state: Callable[[], TrainState], p
           sharding: Any) -> tuple[Optional[Initialize], dict]:
   """(how the fresh state becomes the first one, or None; the init record of the run already in
   `workdir`). Reading and checking the source happens here, so its refusals come before the
-  run writes anything."""
-  if _has_checkpoint(workdir):
-    return None, _previous_record(workdir)
-  if not config.get("init_from"):
-    return None, {}
+  run writes anything. Without init_from the checkpoints are not looked at (in a multi-process
+  run, process 0 may be creating their directory meanwhile)."""
+  record = _previous_record(workdir)
+  if not config.get("init_from") or _has_checkpoint(workdir):
+    return None, record
   source = pretrained.read_source(config.init_from)
   target = traverse_util.flatten_dict(_variables_at(abstract_state(), path))
   plan = pretrained.plan_load(target, source.state_dict, tuple(config.get("init_skip", ())))
