@@ -134,7 +134,7 @@ def test_sigkill_at_random_moments_loses_nothing(digits_config, straight_run, tm
       run.finish()
       left_unfinished = any("tmp" in n for n in os.listdir(workdir / "checkpoints"))
       kills += 1
-    elif kills < 4:
+    elif kills < 3:
       run.wait_for("Training resnet18")
       time.sleep(rng.uniform(0.0, 1.5))
       run.proc.send_signal(signal.SIGKILL)

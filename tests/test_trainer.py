@@ -240,30 +240,27 @@ def multi_device_overrides(digits_dir):
                         log_every_steps=1)
 
 
-def test_one_device_and_eight_devices_train_the_same(digits_dir, tmp_path):
-  overrides = multi_device_overrides(digits_dir)
-  run_workers([worker_args(1, tmp_path / "one", overrides),
-               worker_args(8, tmp_path / "eight", overrides)])
-  assert len(train_losses(tmp_path / "one")) == 4
-  assert_same_training(tmp_path / "one", tmp_path / "eight")
-
-
 def free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_on_the_same_global_batches(digits_dir, tmp_path):
+def test_one_device_eight_devices_and_two_processes_train_the_same(digits_dir, tmp_path):
+  """One process on one device and on eight, and two processes of two devices each, on the same
+  global batches (the single processes consume the two processes' shares concatenated)."""
   overrides = multi_device_overrides(digits_dir)
   address = f"127.0.0.1:{free_port()}"
   run_workers([
       worker_args(2, tmp_path / "two", overrides, f"--coordinator_address={address}",
                   "--num_processes=2", f"--process_id={i}") for i in range(2)
-  ] + [worker_args(4, tmp_path / "one", overrides, "--emulate_processes=2")])
+  ] + [worker_args(devices, tmp_path / name, overrides, "--emulate_processes=2")
+       for devices, name in ((1, "one"), (8, "eight"))])
+  assert len(train_losses(tmp_path / "one")) == 4
+  assert_same_training(tmp_path / "one", tmp_path / "eight")
   assert_same_training(tmp_path / "one", tmp_path / "two")
-  assert json.load(open(tmp_path / "one" / "result.json"))["eval_count"] == 360
-  two = json.load(open(tmp_path / "two" / "result.json"))
-  one = json.load(open(tmp_path / "one" / "result.json"))
-  assert two["eval_count"] == 360
-  assert two["eval_top1"] == pytest.approx(one["eval_top1"], abs=1e-6)
+  results = {name: json.load(open(tmp_path / name / "result.json"))
+             for name in ("one", "eight", "two")}
+  assert [result["eval_count"] for result in results.values()] == [360] * 3
+  for name in ("eight", "two"):
+    assert results[name]["eval_top1"] == pytest.approx(results["one"]["eval_top1"], abs=1e-6)
