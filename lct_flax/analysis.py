@@ -323,6 +323,21 @@ def _title(block: BlockStats) -> str:
   return f"stage {block.stage} ({block.name})" if block.index == 0 else block.name
 
 
+def figure_title(what: str, results: Sequence[ModelStats]) -> str:
+  """The overall title: the figure, the models compared, the network and the data."""
+  first = results[0]
+  return (f"{what}: {' vs '.join(r.label for r in results)}, {first.config.model.name} on "
+          f"{first.dataset}:{first.split} ({first.count} examples)")
+
+
+def _channel_axis(ax) -> None:
+  """Channel ranks on the x axis: integer ticks, labelled."""
+  from matplotlib.ticker import MaxNLocator
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlabel("channel (sorted by context before)", fontsize=8)
+  ax.tick_params(labelsize=7)
+
+
 def plot_fig3(path: str, results: Sequence[ModelStats], names: Sequence[str]) -> None:
   """Top row: attention per channel; bottom: context before (solid) and after (dashed); channels
   sorted by context before. One column per block; models overlaid."""
@@ -342,11 +357,12 @@ def plot_fig3(path: str, results: Sequence[ModelStats], names: Sequence[str]) ->
     axes[0, column].set_title(_title(block), fontsize=9)
     axes[0, column].set_ylabel("attention", fontsize=8)
     axes[1, column].set_ylabel("global context", fontsize=8)
-    axes[1, column].set_xlabel("channel (sorted by context before)", fontsize=8)
     for ax in axes[:, column]:
-      ax.tick_params(labelsize=7)
+      _channel_axis(ax)
   axes[0, 0].legend(fontsize=7, markerscale=3)
   axes[1, 0].legend(fontsize=6)
+  fig.suptitle(figure_title("Fig. 3, attention and global context per channel", results),
+               fontsize=10)
   _save_figure(fig, path)
 
 
@@ -361,10 +377,10 @@ def plot_fig4(path: str, results: Sequence[ModelStats], names: Sequence[str]) ->
       ax.plot(np.arange(block.channels), block.abs_variation[block.order], "-", lw=1.0,
               color=f"C{i}", label=f"{result.label} (mean {np.mean(block.abs_variation):.3g})")
     ax.set_title(_title(results[0].blocks[name]), fontsize=9)
-    ax.set_xlabel("channel (sorted by context before)", fontsize=8)
     ax.set_ylabel("|after - before|", fontsize=8)
-    ax.tick_params(labelsize=7)
+    _channel_axis(ax)
     ax.legend(fontsize=6)
+  fig.suptitle(figure_title("Fig. 4, variation of the global context", results), fontsize=10)
   _save_figure(fig, path)
 
 

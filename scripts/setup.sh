@@ -43,6 +43,10 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   "$PYTHON" -m venv --clear "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -r requirements.txt
-  "$VENV/bin/python" -m pip install --quiet --no-deps --editable .
+  # setuptools' build backend talks even under --quiet: its output is shown only if it fails.
+  if ! log="$("$VENV/bin/python" -m pip install --quiet --no-deps --editable . 2>&1)"; then
+    echo "$log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi

@@ -77,6 +77,8 @@ def test_numbers_equal_a_direct_computation(tiny_demo_export, tmp_path, pyplot_o
   blocks = stats[0]["blocks"]
   assert list(blocks) == ["layer1_0", "layer2_0", "layer3_0", "layer4_0"]
   assert [blocks[b]["stage"] for b in blocks] == [2, 3, 4, 5]
+  assert analysis.figure_title("Fig. 3", results) == (
+      "Fig. 3: LCT, resnet18 on sklearn_digits:test (100 examples)")
 
   count, before, after, attention = direct_block_averages(tiny_demo_export, "layer3_0", 100)
   assert count == 100

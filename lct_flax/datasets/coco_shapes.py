@@ -309,8 +309,9 @@ def _main(argv):
   written = write_shapes_coco(values.output, num_train=values.num_train, num_val=values.num_val,
                               seed=values.seed)
   print(f"coco_shapes written to {written.root}: {written.num_images} images, "
-        f"{written.num_annotations} annotations. Prepare it with `python -m "
-        f"lct_flax.detection.data --dataset=coco_instances/shapes --manual_dir={written.root}`.")
+        f"{written.num_annotations} annotations (its tfds records: `python -m "
+        f"lct_flax.detection.data --dataset=coco_instances/shapes --manual_dir={written.root} "
+        f"--data_dir=DIR`; the demo scripts run it).")
 
 
 if __name__ == "__main__":
