@@ -27,6 +27,7 @@ def run_config() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4              # coupled: g + wd * p, as torch.optim.SGD
   config.schedule = "step"                # "step" (x lr_decay_factor at lr_decay_epochs) | "cosine"
   config.lr_decay_epochs = (30, 60, 90)
+  config.lr_decay_fractions = ()          # or: the decays at these fractions of the run instead
   config.lr_decay_factor = 0.1
   config.warmup_epochs = 0.0              # linear warm-up, before either schedule ...
   config.warmup_steps = 0                 # ... or over this many steps when > 0

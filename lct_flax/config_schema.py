@@ -53,6 +53,9 @@ COMMON_RULES: dict[str, Any] = {
     "weight_decay": Real(minimum=0),
     "schedule": OneOf(("step", "cosine")),
     "lr_decay_epochs": Numbers(Real(0, open_low=True), ascending=True),
+    # The same decays as fractions of the run, which shorten with it (instead of lr_decay_epochs).
+    "lr_decay_fractions": Numbers(Real(0, 1, open_low=True, open_high=True), ascending=True,
+                                  required=False),
     "lr_decay_factor": Real(0, 1, open_low=True),
     "warmup_epochs": Real(minimum=0),
     "warmup_steps": Integer(minimum=0, required=False),  # > 0: instead of warmup_epochs
@@ -126,21 +129,27 @@ def _run_epochs(c: Mapping[str, Any]) -> Optional[int]:
 
 def _decay_inside_run(c: Mapping[str, Any]) -> Optional[Problem]:
   epochs, decays = _run_epochs(c), c.get("lr_decay_epochs")
+  if decays and c.get("lr_decay_fractions"):
+    return _problem("lr_decay_epochs", decays,
+                    "() when lr_decay_fractions gives the decays (one or the other)")
   if c.get("schedule") == "step" and epochs and decays and decays[-1] >= epochs:
     return _problem("lr_decay_epochs", decays,
-                    f"ascending epochs inside the run, each < num_epochs={epochs}")
+                    f"ascending epochs inside the run, each < num_epochs={epochs} (or give the "
+                    f"decays as lr_decay_fractions of the run, which shorten with it)")
   return None
 
 
 def _warmup_inside_run(c: Mapping[str, Any]) -> Optional[Problem]:
   warmup, epochs, decays = c.get("warmup_epochs"), _run_epochs(c), c.get("lr_decay_epochs")
+  if epochs and c.get("lr_decay_fractions"):
+    decays = [fraction * epochs for fraction in c["lr_decay_fractions"]]
   if not warmup:
     return None
   if epochs and warmup >= epochs:
     return _problem("warmup_epochs", warmup, f"a number in [0, num_epochs={epochs})")
   if c.get("schedule") == "step" and decays and warmup > decays[0]:
     return _problem("warmup_epochs", warmup,
-                    f"a number in [0, {decays[0]:g}] (the first lr_decay_epochs)")
+                    f"a number in [0, {decays[0]:g}] (the first learning-rate decay)")
   return None
 
 

@@ -14,8 +14,8 @@ import optax
 def create_learning_rate_schedule(config: ml_collections.ConfigDict,
                                   steps_per_epoch: int) -> optax.Schedule:
   """Per-step learning rate: linear warm-up, then the step schedule (lr x `lr_decay_factor` at each
-  of `lr_decay_epochs`, as PyTorch's StepLR/MultiStepLR stepped once per epoch) or cosine decay to
-  0 at the end of training.
+  of `lr_decay_epochs`, as PyTorch's StepLR/MultiStepLR stepped once per epoch, or at each of
+  `lr_decay_fractions` of the run's steps) or cosine decay to 0 at the end of training.
 
   The warm-up lasts `warmup_steps` (when > 0) or `warmup_epochs` and rises linearly from
   `warmup_ratio` x lr (default 0) to lr: mmcv's linear warm-up (mmdetection: 500 steps from 1/3).
@@ -24,10 +24,10 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
   warmup_steps = (config.get("warmup_steps", 0)
                   or int(round(config.warmup_epochs * steps_per_epoch)))
   if config.schedule == "step":
+    decays = ([int(f * total) for f in config.get("lr_decay_fractions", ())]
+              or [int(e * steps_per_epoch) for e in config.lr_decay_epochs])
     main = optax.piecewise_constant_schedule(
-        config.learning_rate,
-        {int(e * steps_per_epoch) - warmup_steps: config.lr_decay_factor
-         for e in config.lr_decay_epochs})
+        config.learning_rate, {step - warmup_steps: config.lr_decay_factor for step in decays})
   elif config.schedule == "cosine":
     main = optax.cosine_decay_schedule(config.learning_rate, max(1, total - warmup_steps))
   else:

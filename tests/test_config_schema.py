@@ -31,7 +31,7 @@ ALLOWED = {
     "num_train_steps": {"-1"}, "seed": {"0"}, "learning_rate": {"0"}, "momentum": {"0"},
     "weight_decay": {"0"}, "warmup_epochs": {"0"}, "label_smoothing": {"0"},
     "bn_group_size": {"0"}, "eval_every_epochs": {"0"}, "profile_start_step": {"0", "-1"},
-    "lr_decay_epochs": {"()"}, "frozen_stages": {"0", "-1"}, "init_skip": {"()", "nan", "abc"},
+    "lr_decay_epochs": {"()"}, "lr_decay_fractions": {"()"}, "frozen_stages": {"0", "-1"}, "init_skip": {"()", "nan", "abc"},
     "init_from": {"", "0", "-1", "nan"}, "warmup_steps": {"0"}, "warmup_ratio": {"0"},
     "grad_clip_norm": {"0"}, "dataset.flip_ratio": {"0"}, "dataset.min_image_size": {"0"},
     "model.attention_kwargs.w_init": {"0", "-1"}, "model.attention_kwargs.b_init": {"0", "-1"},
@@ -123,10 +123,14 @@ def test_schema_covers_every_key_and_matches_the_code():
 @pytest.mark.parametrize("change,expected", [
     ({"num_epochs": 0}, "config.num_epochs=0 is not allowed: it must be an integer >= 1 (or set "
                         "num_train_steps > 0)"),
-    ({"lr_decay_epochs": (20, 40)}, "each < num_epochs=30"),
-    ({"lr_decay_epochs": (27, 20)}, "strictly ascending"),
+    ({"lr_decay_fractions": (), "lr_decay_epochs": (20, 40)}, "each < num_epochs=30 (or give "
+                                                              "the decays as lr_decay_fractions"),
+    ({"lr_decay_fractions": (), "lr_decay_epochs": (27, 20)}, "strictly ascending"),
+    ({"lr_decay_epochs": (20, 27)}, "config.lr_decay_epochs=(20, 27) is not allowed: it must be () "
+                                    "when lr_decay_fractions gives the decays"),
+    ({"lr_decay_fractions": (0.5, 1.0)}, "each in (0, 1), strictly ascending"),
     ({"warmup_epochs": 25.0}, "config.warmup_epochs=25.0 is not allowed: it must be a number in "
-                              "[0, 20] (the first lr_decay_epochs)"),
+                              "[0, 20] (the first learning-rate decay)"),
     ({"dataset.resize_size": 8}, "None or an integer >= dataset.image_size=16"),
     ({"bn_group_size": 5}, "0 or a divisor of batch_size=64"),
     ({"learning_rat": 0.1}, "config.learning_rat is not a config key; did you mean learning_rate?"),
@@ -149,7 +153,8 @@ def test_a_config_read_back_from_json_passes_and_steps_lift_the_epoch_checks():
   import json
   config = json.loads(importlib.import_module("configs.demo").get_config().to_json())
   config_schema.validate(config)  # tuples are lists in config.json
-  config.update(num_epochs=0, num_train_steps=40, lr_decay_epochs=[50, 60])
+  config.update(num_epochs=0, num_train_steps=40, lr_decay_epochs=[50, 60],
+                lr_decay_fractions=[])
   config_schema.validate(config)
   config["batch_size"] = 1.0
   assert "an integer >= 1" in config_schema.problems(config)[0][1]

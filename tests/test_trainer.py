@@ -72,6 +72,19 @@ def test_ablation_arguments_reach_the_lct_block():
     load_config("lct_resnet50", "groups")
 
 
+def test_the_demo_schedule_in_fractions_of_the_run_shortens_with_it():
+  config = demo.get_config()
+  in_epochs = demo.get_config()
+  in_epochs.lr_decay_fractions, in_epochs.lr_decay_epochs = (), (20, 27)
+  fractions = optimization.create_learning_rate_schedule(config, 22)
+  epochs = optimization.create_learning_rate_schedule(in_epochs, 22)
+  assert [float(fractions(s)) for s in range(660)] == [float(epochs(s)) for s in range(660)]
+  config.num_epochs = 1                         # one flag shortens the whole recipe
+  CLASSIFICATION.check_config(config)
+  schedule = optimization.create_learning_rate_schedule(config, 22)
+  assert [s for s in range(1, 22) if schedule(s) < schedule(s - 1)] == [14, 19]
+
+
 def test_warmup_cosine_schedule():
   config = load_config("lct_resnet50")
   config.schedule, config.warmup_epochs, config.num_epochs = "cosine", 5, 100
@@ -113,7 +126,7 @@ def flat_state(state):
 
 def test_demo_config_learns_digits(digits_dir, tmp_path):
   config = tiny_demo_config(digits_dir, num_train_steps=200, model__width=0.25)
-  config.lr_decay_epochs = (6, 8)
+  config.lr_decay_fractions = (0.66, 0.88)   # steps 132 and 176: epochs 6 and 8 of 22 steps
   result = CLASSIFICATION.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 200 and result["eval_count"] == 360
   assert result["eval_top1"] >= 0.9
