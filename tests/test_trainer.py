@@ -126,7 +126,7 @@ def flat_state(state):
 
 def test_demo_config_learns_digits(digits_dir, tmp_path):
   config = tiny_demo_config(digits_dir, num_train_steps=200, model__width=0.25)
-  config.lr_decay_fractions = (0.66, 0.88)   # steps 132 and 176: epochs 6 and 8 of 22 steps
+  config.lr_decay_epochs = (6, 8)
   result = CLASSIFICATION.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 200 and result["eval_count"] == 360
   assert result["eval_top1"] >= 0.9

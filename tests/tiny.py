@@ -3,9 +3,12 @@ the in-process tests, the command-line tests (as --config.KEY=VALUE flags) and t
 
 from configs import demo
 
+# The decays at fixed epochs, not fractions of the run: tests stop runs early by lowering
+# num_train_steps and resume them with the full count, which must not move the schedule.
 TINY_OVERRIDES = {"dataset.image_size": 16, "dataset.resize_size": 16, "model.width": 0.125,
                   "batch_size": 32, "eval_every_epochs": 0, "log_every_steps": 5,
-                  "checkpoint_every_steps": 1000}
+                  "checkpoint_every_steps": 1000, "lr_decay_fractions": (),
+                  "lr_decay_epochs": (20, 27)}
 
 
 def set_key(config, key, value):
