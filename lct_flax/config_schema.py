@@ -173,10 +173,6 @@ CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], Optional[Problem]], ...] = (
     _bn_groups_divide_batch)
 
 
-def _as_dict(config: Any) -> Mapping[str, Any]:
-  return config.to_dict() if hasattr(config, "to_dict") else config
-
-
 def _sections(rules: Mapping[str, Any]) -> set[str]:
   """Every dotted prefix of a key in `rules` ("model", "dataset", "a" and "a.b" of "a.b.c")."""
   return {key.rsplit(".", depth)[0] for key in rules for depth in range(1, key.count(".") + 1)}
@@ -218,7 +214,7 @@ def _unknown_key(key: str, rules: Mapping[str, Any]) -> Problem:
 def problems(config: Any) -> list[Problem]:
   """Every problem of `config` (a ConfigDict or its JSON dict), as (key, one-line message).
   The rules are those of the config's `task` (TASK_RULES; classification when absent)."""
-  config = _as_dict(config)
+  config = model_specs.plain(config)
   task = config.get("task", "classification")
   if task not in TASK_RULES:  # the other keys' rules depend on it
     return [_problem("task", task, COMMON_RULES["task"].describe())]

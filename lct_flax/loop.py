@@ -88,6 +88,7 @@ class Training:
   initialize: Optional[Callable[[TrainState], tuple[TrainState, dict]]] = None
   record: dict = dataclasses.field(default_factory=dict)
 
+
 def run(make_training: Callable[[], Training], workdir: str, *,
         force_unlock: bool = False) -> dict:
   """Trains what `make_training()` builds in `workdir` to its last step, resuming from the newest

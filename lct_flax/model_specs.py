@@ -35,7 +35,8 @@ def _field(default: Any, rule: Any = None, *, config: bool = True,
                            **extra)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+  """A ConfigDict as a dict; anything else as it is."""
   return value.to_dict() if hasattr(value, "to_dict") else value
 
 
@@ -54,7 +55,7 @@ class _Spec:
     """The spec of a training config (a ConfigDict or its JSON; keys an older config lacks take
     the defaults)."""
     model = config["model"]
-    values = {f.name: _plain(model[f.name]) for f in dataclasses.fields(cls)
+    values = {f.name: plain(model[f.name]) for f in dataclasses.fields(cls)
               if f.metadata["config"] and f.name in model}
     return cls(**values, **cls._derived(config), num_classes=int(num_classes),
                dtype="bfloat16" if config.get("half_precision") else "float32")
@@ -71,7 +72,7 @@ class _Spec:
     missing = [name for name in required if name not in section]
     if missing:
       raise ValueError(f"{cls.kind} model config lacks {missing}; it needs {required}.")
-    values = {name: _plain(section[name]) for name in names if name in section}
+    values = {name: plain(section[name]) for name in names if name in section}
     if values.get("attention") is None:
       values["attention"] = blocks.NONE
     spec = cls(**values)
@@ -102,6 +103,7 @@ class _Spec:
 
 
 def json_ready(value: Any) -> Any:
+  """Mappings as dicts and tuples as lists, all the way down: what json.dump writes back."""
   if isinstance(value, Mapping):
     return {key: json_ready(item) for key, item in value.items()}
   if isinstance(value, (tuple, list)):

@@ -66,9 +66,9 @@ class Task(abc.ABC):
     """The module `config.model` describes, as trained (frozen parts included)."""
 
   @abc.abstractmethod
-  def init_variables(self, model: nn.Module, config: ml_collections.ConfigDict,
-                     rng: Any) -> dict:
-    """`model`'s freshly initialised variables."""
+  def init_variables(self, model: nn.Module, dataset: Mapping[str, Any], rng: Any) -> dict:
+    """`model`'s freshly initialised variables, on an input of `dataset`'s shape (a training
+    config's `dataset`, or an export's `dataset` section)."""
 
   @abc.abstractmethod
   def parameter_labels(self, params: Any, config: ml_collections.ConfigDict) -> Optional[Any]:
@@ -158,9 +158,11 @@ class Task(abc.ABC):
     """The inference module of a `model` section (ValueError naming a bad entry)."""
     return self.spec.from_section(model_section).module()
 
-  @abc.abstractmethod
   def abstract_variables(self, model: nn.Module, dataset_section: Mapping[str, Any]) -> dict:
-    """Shapes and dtypes of `model`'s inference variables (nothing is computed)."""
+    """Shapes and dtypes of `model`'s variables (nothing is computed)."""
+    import jax
+    return jax.eval_shape(
+        lambda: self.init_variables(model, dataset_section, jax.random.key(0)))
 
   @abc.abstractmethod
   def evaluate_export(self, export_dir: str, model: nn.Module, variables: dict,
@@ -229,13 +231,9 @@ def frozen(config: Mapping[str, Any]) -> tuple[int, bool]:
   return int(config.get("frozen_stages", -1)), bool(config.get("frozen_bn", False))
 
 
-def plain(value: Any) -> Any:
-  """A ConfigDict as a dict; anything else as it is."""
-  return value.to_dict() if hasattr(value, "to_dict") else value
-
-
 def _initial_state(task: Task, model: Any, config: Any, optimizer: Any) -> TrainState:
   import jax
   from lct_flax.train_state import TrainState
   init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  return TrainState.create(task.init_variables(model, config, init_rng), optimizer, rng)
+  return TrainState.create(task.init_variables(model, config.dataset, init_rng), optimizer,
+                           rng)

@@ -46,8 +46,8 @@ class Classification(base.Task):
         bn_group_size=config.bn_group_size or None, frozen_stages=frozen_stages,
         norm_eval=bool(config.get("norm_eval", False)), frozen_bn=frozen_bn)
 
-  def init_variables(self, model, config, rng):
-    size = config.dataset.image_size
+  def init_variables(self, model, dataset, rng):
+    size = int(dataset["image_size"])
     return model.init(rng, jnp.zeros((1, size, size, 3)), train=False)
 
   def parameter_labels(self, params, config):
@@ -112,11 +112,6 @@ class Classification(base.Task):
     if section["resize_size"] is None:
       section["resize_size"] = int(round(section["image_size"] / 0.875))
     return section
-
-  def abstract_variables(self, model, dataset_section):
-    size = int(dataset_section["image_size"])
-    return jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
 
   def evaluate_export(self, export_dir, model, variables, config, **options):
     return classifier_evaluation.evaluate_export(export_dir, model, variables, config, **options)

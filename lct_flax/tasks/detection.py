@@ -50,8 +50,8 @@ class Detection(base.Task):
         frozen_stages=frozen_stages, norm_eval=bool(config.get("norm_eval", False)),
         frozen_bn=frozen_bn)
 
-  def init_variables(self, model, config, rng):
-    canvas = tuple(config.dataset.canvases[0])
+  def init_variables(self, model, dataset, rng):
+    canvas = tuple(dataset["canvases"][0])
     return model.init(rng, jnp.zeros((1, *canvas, 3), jnp.uint8), method="init_variables")
 
   def parameter_labels(self, params, config):
@@ -113,16 +113,7 @@ class Detection(base.Task):
 
   def dataset_section(self, config):
     """The detection data config of a training config, as plain JSON."""
-    dataset = dict(base.plain(config["dataset"]))
-    return {key: [list(v) if isinstance(v, (tuple, list)) else v for v in value]
-            if key == "canvases" else (list(value) if isinstance(value, tuple) else value)
-            for key, value in dataset.items()}
-
-  def abstract_variables(self, model, dataset_section):
-    canvas = tuple(dataset_section["canvases"][0])
-    return jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                             jnp.zeros((1, *canvas, 3), jnp.uint8),
-                                             method="init_variables"))
+    return model_specs.json_ready(model_specs.plain(config["dataset"]))
 
   def evaluate_export(self, export_dir, model, variables, config, *, dataset=None,
                       progress=True, **options):
