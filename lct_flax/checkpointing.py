@@ -86,6 +86,10 @@ class _SaveFailureNoise:
       self._absl.handle(record)
 
 
+ROTATION_RETRIES = 5   # a read-only restore re-lists this often when a running run rotates
+_ROTATED = object()
+
+
 class Checkpointer:
   """A thin layer over `ocp.CheckpointManager` for one workdir."""
 
@@ -96,10 +100,9 @@ class Checkpointer:
     if not create and not os.path.isdir(self.directory):
       raise CheckpointError(f"{self.directory} does not exist: the run has saved no checkpoint "
                             f"yet; train longer or point --workdir at another run.")
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
-                                             enable_async_checkpointing=False))
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                                 enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
     if create:
       for path in self._remove_unfinished():
         logging.warning("Removed %s, an unfinished checkpoint of an interrupted run.", path)
@@ -155,23 +158,54 @@ class Checkpointer:
 
     Without `step`, the newest readable checkpoint: one that fails to read (truncated or damaged
     files) is reported, renamed to `<step>.damaged` (kept for inspection, never deleted; left in
-    place when opened read-only) and the previous one is tried.
+    place when opened read-only) and the previous one is tried. One that a running run rotates
+    away while it is read is not damaged: the checkpoints are listed again and the newest taken.
     """
     if step is not None:
       if step not in self._manager.all_steps():
         raise CheckpointError(f"no checkpoint {step} in {self.directory}; it has "
                               f"{self.all_steps() or 'none'}.")
-      return self._read(step, abstract_state)
+      try:
+        return self._read(step, abstract_state)
+      except Exception:  # pylint: disable=broad-except  # any reader layer
+        if not os.path.isdir(self.path(step)):
+          raise CheckpointError(self._rotated(step) + " choose a step it keeps, "
+                                f"{self._relisted() or 'none'}, or none for the newest.") from None
+        raise
+    for _ in range(ROTATION_RETRIES):
+      state = self._newest_readable(abstract_state)
+      if state is not _ROTATED:
+        return state
+    raise CheckpointError(f"the checkpoints in {self.directory} were rotated away "
+                          f"{ROTATION_RETRIES} times while being read; retry.")
+
+  def _newest_readable(self, abstract_state: Any) -> Any:
+    """The newest checkpoint that reads (setting damaged ones aside), or _ROTATED when one
+    vanished while being read (the steps are then listed again)."""
     for candidate in reversed(self.all_steps()):
       try:
         return self._read(candidate, abstract_state)
       except Exception as error:  # pylint: disable=broad-except  # damage shows in any reader layer
+        if not os.path.isdir(self.path(candidate)):
+          logging.info("%s taking the newest again.", self._rotated(candidate))
+          self._relisted()
+          return _ROTATED
         reason = (str(error).splitlines() or [""])[0][:200]
         logging.warning("Checkpoint %s is damaged (%s: %s); using the previous one.",
                         self.path(candidate), type(error).__name__, reason)
         if not self._read_only:
           self._set_aside(candidate)
     raise CheckpointError(f"no readable checkpoint in {self.directory}.")
+
+  def _rotated(self, step: int) -> str:
+    return (f"checkpoint {self.path(step)} was removed while being read (the run writing "
+            f"{self.directory} keeps only its newest checkpoints);")
+
+  def _relisted(self) -> list[int]:
+    """The steps listed again, by a new manager (a failed read leaves orbax's unusable)."""
+    self._manager.close()
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+    return self.all_steps()
 
   def _read(self, step: int, abstract_state: Any) -> Any:
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))

@@ -192,6 +192,38 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(digits_config,
     np.testing.assert_array_equal(a, b)
 
 
+def test_an_export_of_a_running_run_takes_the_newest_checkpoint_when_one_rotates_away(
+    digits_config, tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+  from lct_flax import export
+  config = tiny_demo_config(digits_config.data_dir, num_train_steps=4, checkpoint_every_steps=2)
+  CLASSIFICATION.train_and_evaluate(config, str(tmp_path / "run"))
+  before = export.load_variables(export.export_workdir(str(tmp_path / "run"),
+                                                       str(tmp_path / "before")))
+  checkpoints = tmp_path / "run" / "checkpoints"
+  read = ocp.CheckpointManager.restore
+
+  def read_while_the_run_rotates(manager, step, *args, **kwargs):
+    if step in (2, 4) and (checkpoints / str(step)).exists():
+      # The run saves a newer checkpoint (the same state here) and drops the one being read.
+      shutil.copytree(checkpoints / str(step), checkpoints / str(step + 4))
+      shutil.rmtree(checkpoints / str(step))
+    return read(manager, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", read_while_the_run_rotates)
+  after = export.load_variables(export.export_workdir(str(tmp_path / "run"),
+                                                      str(tmp_path / "after")))
+  assert before.keys() == after.keys()
+  for name in before:
+    np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+  assert sorted(os.listdir(checkpoints)) == ["2", "8"]   # nothing called damaged or moved
+  with pytest.raises(export.ExportError) as raised:
+    export.export_workdir(str(tmp_path / "run"), str(tmp_path / "step2"), step=2)
+  message = str(raised.value)
+  assert "was removed while being read" in message and "[6, 8]" in message
+  assert "\n" not in message and not os.path.exists(tmp_path / "step2")
+
+
 @pytest.mark.parametrize("num_train_steps,eval_every_epochs,failing_step", [
     (3, 0, 3),      # the final evaluation, at the last step's checkpoint
     (46, 1, 44)])   # an epoch's evaluation between checkpoints (44 steps per epoch)
