@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 from lct_flax import blocks
 from lct_flax import schema_rules as rules
+from lct_flax.detection import head_registry
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 DETECTORS = ("faster_rcnn", "cascade_rcnn", "mask_rcnn", "cascade_mask_rcnn")
@@ -158,7 +159,9 @@ class DetectorSpec(_Spec):
   detector: str = _field("faster_rcnn", rules.OneOf(DETECTORS))
   convention: str = _field("mmdet_v1", rules.OneOf(CONVENTIONS))   # box arithmetic of the weights
   fpn_channels: int = _field(256, rules.Integer(minimum=1, required=False))
+  box_head: str = _field("shared_2fc", head_registry.HeadName(head_registry.BOX, required=False))
   fc_hidden: int = _field(1024, rules.Integer(minimum=1, required=False))
+  mask_head: str = _field("fcn", head_registry.HeadName(head_registry.MASK, required=False))
   mask_hidden: int = _field(256, rules.Integer(minimum=1, required=False))  # mask detectors
   rpn_proposals_train: Optional[int] = _field(None, rules.Integer(minimum=1, required=False),
                                               identity=False)
@@ -190,10 +193,10 @@ class DetectorSpec(_Spec):
     return self.detector in MASK_DETECTORS
 
   def identity(self) -> dict:
-    """Also "task"; a mask head's width only for the mask detectors."""
+    """Also "task"; the mask head and its width only for the mask detectors."""
     found = super().identity()
     if not self.with_masks:
-      del found["model.mask_hidden"]
+      del found["model.mask_head"], found["model.mask_hidden"]
     return {"task": "detection", **found}
 
   def to_section(self) -> dict:
@@ -202,7 +205,7 @@ class DetectorSpec(_Spec):
       if section[name] is None:
         del section[name]
     if not self.with_masks:
-      del section["mask_hidden"]
+      del section["mask_head"], section["mask_hidden"]
     return {"task": "detection", **section}
 
   @classmethod
@@ -215,16 +218,18 @@ class DetectorSpec(_Spec):
     import jax.numpy as jnp
     from lct_flax.detection import convention as convention_lib
     from lct_flax.detection import detector as detector_lib
+    from lct_flax.detection import settings as settings_lib
     overrides = {key: getattr(self, key) for key in ("fpn_channels", "fc_hidden", "mask_hidden",
                                                      "rcnn_samples", "max_candidates")
                  if getattr(self, key) is not None}
     for key, setting in (("rpn_proposals_train", "rpn_train"), ("rpn_proposals_test", "rpn_test")):
       if getattr(self, key) is not None:
-        overrides[setting] = detector_lib.ProposalSettings(*(int(getattr(self, key)),) * 3)
+        overrides[setting] = settings_lib.ProposalSettings(*(int(getattr(self, key)),) * 3)
     return detector_lib.create_detector(
         self.name, num_classes=int(self.num_classes),
         attention=None if self.attention == blocks.NONE else self.attention,
         cascade=self.detector in CASCADE_DETECTORS, masks=self.with_masks,
+        box_head=self.box_head, mask_head=self.mask_head,
         convention=getattr(convention_lib.Convention, self.convention)(),
         dtype=getattr(jnp, self.dtype), width=float(self.width),
         pixel_mean=tuple(self.pixel_mean), pixel_std=tuple(self.pixel_std),

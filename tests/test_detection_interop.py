@@ -18,6 +18,7 @@ from lct_flax.detection import detector
 from lct_flax.detection import inference
 from lct_flax.detection import interop
 from lct_flax.detection import roi_align
+from lct_flax.detection import settings
 from lct_flax.detection.convention import Convention
 from detection_reference import numpy_greedy_nms, torchvision_modules
 
@@ -169,7 +170,7 @@ def tiny_torchvision_detector():
   variables (N(0, 0.1^2), BatchNorm statistics 0 and 1), which spares compiling `init`."""
   model = detector.create_detector(
       "resnet18", num_classes=3, width=0.125, fpn_channels=16, fc_hidden=32,
-      convention=Convention.torchvision(), rpn_test=detector.ProposalSettings(100, 100, 100))
+      convention=Convention.torchvision(), rpn_test=settings.ProposalSettings(100, 100, 100))
   rng = np.random.default_rng(0)
 
   def fill(path, spec):
@@ -314,11 +315,11 @@ def jax_stages(model, variables, images, rois):
   def stages(module, images, rois):
     features = module.pyramid(images, image_shape, train=False)
     logits, deltas = module.rpn_head(features)
-    anchors = module.anchors(images.shape[1:3], features)
-    proposals, scores, valid = module.proposals(logits, deltas, anchors, image_shape,
-                                                module.settings.rpn_test)
+    anchors = module.rpn.anchors(images.shape[1:3], features)
+    proposals, scores, valid = module.rpn.propose(logits, deltas, anchors, image_shape,
+                                                  module.settings.rpn_test)
     return (features, logits, deltas, anchors, proposals, scores, valid,
-            module.box_stage(0, features, rois))
+            module.roi_heads.box_stage(0, features, rois))
 
   return jax.device_get(jax.jit(nn.apply(stages, model))(variables, images, rois))
 

@@ -21,8 +21,9 @@ from lct_flax.datasets import coco_layout
 from lct_flax.detection import data
 from lct_flax.detection import detector
 from lct_flax.detection import masks
-from lct_flax.detection import roi_heads
+from lct_flax.detection import heads
 from lct_flax.detection import segmentation
+from lct_flax.detection import settings
 from detection_reference import jitted, random_boxes, torchvision_modules
 from test_detection_roi_align import numpy_roi_align
 
@@ -264,7 +265,7 @@ def test_result_segmentations_paste_into_the_original_image():
 # The mask head and Cascade Mask R-CNN.
 
 def test_mask_head_deconvolution_and_initialisation():
-  head = roi_heads.MaskHead(num_classes=3, hidden=32)
+  head = heads.MaskHead(num_classes=3, hidden=32)
   features = np.random.default_rng(0).normal(size=(2, 3, 14, 14, 8)).astype(np.float32)
   variables = head.init(jax.random.key(0), features)
   assert head.apply(variables, features).shape == (2, 3, 28, 28, 4)
@@ -274,7 +275,7 @@ def test_mask_head_deconvolution_and_initialisation():
     kernel = np.asarray(params[name]["kernel"])
     assert kernel.std() == pytest.approx(math.sqrt(2 / fan_out), rel=0.15), name
     assert not np.asarray(params[name]["bias"]).any()
-  deconv = roi_heads.Deconv2x2(5)
+  deconv = heads.Deconv2x2(5)
   x = np.random.default_rng(1).normal(size=(1, 3, 4, 6)).astype(np.float32)
   kernel_vars = deconv.init(jax.random.key(1), x)
   kernel = np.asarray(kernel_vars["params"]["kernel"])   # (2, 2, out, in)
@@ -289,8 +290,8 @@ def test_cascade_mask_rcnn_in_bfloat16_trains_and_averages_its_stages_masks():
   model = detector.create_detector(
       "resnet18", num_classes=3, width=0.125, fpn_channels=16, fc_hidden=32, mask_hidden=8,
       cascade=True, masks=True, dtype=jnp.bfloat16, rcnn_samples=32, max_detections=10,
-      max_candidates=64, rpn_train=detector.ProposalSettings(64, 64, 64),
-      rpn_test=detector.ProposalSettings(32, 32, 32))
+      max_candidates=64, rpn_train=settings.ProposalSettings(64, 64, 64),
+      rpn_test=settings.ProposalSettings(32, 32, 32))
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
   image_shape = np.array([[64, 60], [56, 64]], np.int32)
@@ -311,7 +312,7 @@ def test_cascade_mask_rcnn_in_bfloat16_trains_and_averages_its_stages_masks():
     features = module.pyramid(batch["image"], batch["image_shape"], train=False)
     index = (detections.labels + 1)[..., None, None, None]
     per_stage = [jax.nn.sigmoid(jnp.take_along_axis(
-        module.mask_stage(stage, features, detections.boxes), index, axis=-1)[..., 0])
+        module.roi_heads.mask_stage(stage, features, detections.boxes), index, axis=-1)[..., 0])
                  for stage in range(3)]
     return loss, metrics, detections, per_stage
 

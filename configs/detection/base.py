@@ -42,10 +42,12 @@ def get_config(detector: str = "faster_rcnn", attention: str = "none",
       "detector": detector,  # "faster_rcnn" | "cascade_rcnn" | "mask_rcnn" | "cascade_mask_rcnn"
       "convention": "mmdet_v1",           # box arithmetic of the paper's framework
       "fpn_channels": 256,
+      "box_head": "shared_2fc",           # SharedFCBBoxHead (lct_flax.detection.head_registry)
       "fc_hidden": 1024,
   })
   if detector in ("mask_rcnn", "cascade_mask_rcnn"):
-    config.model.mask_hidden = 256        # FCNMaskHead conv_out_channels
+    config.model.mask_head = "fcn"        # FCNMaskHead
+    config.model.mask_hidden = 256        # its conv_out_channels
   config.dataset = data_config.default_dataset_config("coco_instances/2017")
 
   config.update({

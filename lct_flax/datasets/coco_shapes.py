@@ -232,21 +232,9 @@ def _jpeg(pixels, quality):
   return buffer.getvalue()
 
 
-def write_shapes_coco(
-    root,
-    *,
-    num_train=320,
-    num_val=80,
-    seed=0,
-    image_sizes=IMAGE_SIZES,
-    objects_per_image=(1, 4),
-    crowd_fraction=0.15,
-    empty_train=3,
-    empty_val=1,
-    crowd_only_train=0,
-    degenerate_boxes=0,
-    jpeg_quality=90,
-):
+def write_shapes_coco(root, *, num_train=320, num_val=80, seed=0, image_sizes=IMAGE_SIZES,
+                      objects_per_image=(1, 4), crowd_fraction=0.15, empty_train=3, empty_val=1,
+                      crowd_only_train=0, degenerate_boxes=0, jpeg_quality=90):
   """Writes the dataset under ``root`` in COCO 2017's layout and returns a ``ShapesCoco``.
 
   ``objects_per_image``: inclusive range of shapes per image (fewer when they do not fit);
@@ -278,29 +266,38 @@ def write_shapes_coco(
       if n in degenerate:
         objects.append(_degenerate(rng, *size, CATEGORIES[0][0]))
       file_name = f"{int(image_id):012d}.jpg"
-      with open(os.path.join(root, image_dir, file_name), "wb") as f:
-        f.write(_jpeg(pixels, jpeg_quality))
+      _write_bytes(os.path.join(root, image_dir, file_name), _jpeg(pixels, jpeg_quality))
       images.append({"id": int(image_id), "file_name": file_name, "height": size[0],
                      "width": size[1], "license": 1})
       for fields in objects:
         annotations.append({"id": next_annotation_id, "image_id": int(image_id), **fields})
         next_annotation_id += int(rng.integers(1, 4))
     order = rng.permutation(len(images))  # COCO's files do not list images by id either.
-    dataset = {
-        "info": {"description": "lct-flax coco_shapes", "version": "1.0", "year": 2017,
-                 "contributor": "lct_flax.datasets.coco_shapes", "date_created": "",
-                 "url": ""},
-        "licenses": [{"id": 1, "name": "generated", "url": ""}],
-        "images": [images[i] for i in order],
-        "annotations": annotations,
-        "categories": [{"id": i, "name": name, "supercategory": "shape"}
-                       for i, name in CATEGORIES],
-    }
-    os.makedirs(os.path.dirname(os.path.join(root, annotation_file)), exist_ok=True)
-    with open(os.path.join(root, annotation_file), "w") as f:
-      json.dump(dataset, f)
+    _write_annotation_file(os.path.join(root, annotation_file), [images[i] for i in order],
+                           annotations)
     num_images[split], num_annotations[split] = len(images), len(annotations)
   return ShapesCoco(os.fspath(root), num_images, num_annotations)
+
+
+def _write_bytes(path, data):
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+def _write_annotation_file(path, images, annotations):
+  """A COCO instances file of `images` and `annotations` over the shapes' categories."""
+  dataset = {
+      "info": {"description": "lct-flax coco_shapes", "version": "1.0", "year": 2017,
+               "contributor": "lct_flax.datasets.coco_shapes", "date_created": "", "url": ""},
+      "licenses": [{"id": 1, "name": "generated", "url": ""}],
+      "images": images,
+      "annotations": annotations,
+      "categories": [{"id": i, "name": name, "supercategory": "shape"}
+                     for i, name in CATEGORIES],
+  }
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(dataset, f)
 
 
 def _main(argv):

@@ -94,6 +94,23 @@ def _image_bytes(rng, colour, size_range, noise_std, corrupt):
   return data[: len(data) // 2] if corrupt else data
 
 
+def _write_val_tar(path, rng, val_synsets, label_of, colours, size_range, noise_std, *,
+                   corrupt_from, corrupt):
+  """The validation tar: ILSVRC2012_val_<n>.JPEG of `val_synsets`, truncated from image index
+  `corrupt_from` on (their names added to `corrupt`); returns [(name, label), ...]."""
+  val = []
+  with tarfile.open(path, "w") as tar:
+    for i, synset in enumerate(val_synsets):
+      name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+      is_corrupt = i >= corrupt_from
+      data = _image_bytes(rng, colours[label_of[synset]], size_range, noise_std, is_corrupt)
+      _add_bytes(tar, name, data)
+      val.append((name, label_of[synset]))
+      if is_corrupt:
+        corrupt.add(name)
+  return val
+
+
 def write_ilsvrc_tars(
     manual_dir,
     *,
@@ -140,14 +157,6 @@ def write_ilsvrc_tars(
             corrupt.add(name)
       _add_bytes(outer, f"{synset}.tar", inner_buffer.getvalue())
 
-  val = []
-  with tarfile.open(os.path.join(manual_dir, VAL_TAR), "w") as tar:
-    for i, synset in enumerate(val_synsets):
-      name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
-      is_corrupt = i >= num_val - corrupt_val
-      data = _image_bytes(rng, colours[label_of[synset]], size_range, noise_std, is_corrupt)
-      _add_bytes(tar, name, data)
-      val.append((name, label_of[synset]))
-      if is_corrupt:
-        corrupt.add(name)
+  val = _write_val_tar(os.path.join(manual_dir, VAL_TAR), rng, val_synsets, label_of, colours,
+                       size_range, noise_std, corrupt_from=num_val - corrupt_val, corrupt=corrupt)
   return FakeIlsvrc(manual_dir, tuple(train), tuple(val), frozenset(corrupt), colours)

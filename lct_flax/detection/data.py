@@ -394,6 +394,20 @@ def _image_fields(layout, position, index):
   }
 
 
+def _train_row(record, fields, canvas, flip, settings, with_masks: bool) -> dict:
+  """One training image's row: its record's image and instances, resized and flipped as
+  `fields` and `flip` say (and its kept segmentations `with_masks`)."""
+  objects = record["objects"]
+  row = {"image": record["image"], "canvas": canvas, "flip": flip, **fields,
+         **transforms.image_instances(
+             objects, scale_yx=fields["scale"], resized=fields["image_shape"], flip=bool(flip),
+             convention=settings.box_convention, max_instances=settings.max_instances)}
+  if with_masks:
+    kept = np.flatnonzero(transforms.kept_annotations(objects))
+    row["segmentations"] = [objects["segmentation"][i] for i in kept]
+  return row
+
+
 def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
                           start_step: int = 0, process_index=None, process_count=None,
                           with_masks: bool = False):
@@ -428,21 +442,9 @@ def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
     epoch, batch = divmod(step, num_steps)
     epoch_plan = plan(epoch)
     canvas = np.asarray(settings.canvases[epoch_plan.canvas[batch]], np.int32)
-    rows = []
-    for position, flip in zip(epoch_plan.images[batch], epoch_plan.flip[batch]):
-      record = source[int(layout.records[position])]
-      objects = record["objects"]
-      fields = _image_fields(layout, position, index)
-      rows.append({"image": record["image"], "canvas": canvas, "flip": flip, **fields,
-                   **transforms.image_instances(
-                       objects, scale_yx=fields["scale"],
-                       resized=fields["image_shape"], flip=bool(flip),
-                       convention=settings.box_convention,
-                       max_instances=settings.max_instances)})
-      if with_masks:
-        kept = np.flatnonzero(transforms.kept_annotations(objects))
-        rows[-1]["segmentations"] = [objects["segmentation"][i] for i in kept]
-    return rows
+    return [_train_row(source[int(layout.records[position])], _image_fields(
+        layout, position, index), canvas, flip, settings, with_masks)
+            for position, flip in zip(epoch_plan.images[batch], epoch_plan.flip[batch])]
 
   logging.info("%s:%s train stream from step %d (%d steps per epoch, local batch %d).",
                settings.name, settings.train_split, start_step, num_steps, local_batch)

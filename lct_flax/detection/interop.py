@@ -16,7 +16,7 @@ the newer one is written. fc6 reads a torch RoI feature flattened as (C, 7, 7), 
 Mask R-CNN (models/detection/mask_rcnn.py) adds MaskRCNNHeads (`roi_heads.mask_head.i.0`, four
 3x3 convolutions; `mask_fcn1`..`mask_fcn4` before torchvision 0.13) and MaskRCNNPredictor
 (`roi_heads.mask_predictor.conv5_mask`, a ConvTranspose2d whose (in, out, 2, 2) weight maps to
-`roi_heads.Deconv2x2`'s kernel as a convolution's does, and `mask_fcn_logits`); its mask_roi_pool
+`heads.Deconv2x2`'s kernel as a convolution's does, and `mask_fcn_logits`); its mask_roi_pool
 is MultiScaleRoIAlign 14x14 with 2x2 sampling, the box pool's geometry.
 
 The number of classes comes from `cls_score.weight` (91 for COCO; a fine-tuned model's own
@@ -38,6 +38,7 @@ from flax import traverse_util
 from lct_flax import interop
 from lct_flax import models
 from lct_flax.detection import detector
+from lct_flax.detection import settings as settings_lib
 from lct_flax.detection.convention import Convention
 
 ARCHITECTURES = ("fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn")
@@ -147,15 +148,14 @@ def torchvision_detector(arch: str = "fasterrcnn_resnet50_fpn", *,
     raise ValueError(f"a torchvision detector has the background and at least one class, got "
                      f"num_classes={num_classes}.")
   backbone = models.create_model("resnet50", frozen_stages=1, frozen_bn=True)
-  settings = detector.DetectorSettings(
+  settings = settings_lib.DetectorSettings(
       num_classes=num_classes - 1, convention=Convention.torchvision(),
       with_masks=arch in MASK_ARCHITECTURES, mask_hidden=256, mask_roi_size=14,
-      rpn_train=detector.ProposalSettings(2000, 2000, 2000, 0.7),
-      rpn_test=detector.ProposalSettings(1000, 1000, 1000, 0.7),
+      rpn_train=settings_lib.ProposalSettings(2000, 2000, 2000, 0.7),
+      rpn_test=settings_lib.ProposalSettings(1000, 1000, 1000, 0.7),
       score_threshold=0.05, nms_threshold=0.5, max_detections=100,
       max_candidates=1000 * min(num_classes - 1, MAX_CLASSES_ABOVE_THRESHOLD))
-  return detector.TwoStageDetector(backbone=backbone.clone(bn_epsilon=bn_epsilon),
-                                   settings=settings)
+  return detector.assemble(backbone.clone(bn_epsilon=bn_epsilon), settings)
 
 
 def abstract_variables(model: detector.TwoStageDetector) -> dict:

@@ -13,7 +13,7 @@ BalancedPositiveNegativeSampler, rpn.py, roi_heads.py).
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -217,6 +217,26 @@ class RCNNTargets(NamedTuple):
   num_neg: jax.Array        # () int32
 
 
+def _candidates(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.Array,
+                gt_valid: jax.Array, assign: Callable, gt_proposals: str):
+  """(candidate boxes (P + M, 4), their `Assignment`, whether each is a gt box) of proposals and
+  gt boxes in `gt_proposals`' order and assignment (`rcnn_targets`)."""
+  from_proposals = assign(proposals, proposal_valid)
+  gt_in = gt_valid & (gt_proposals != "none")
+  if gt_proposals == "mmdet_v1":
+    gt_index = jnp.arange(gt_boxes.shape[0], dtype=jnp.int32)
+    from_gt = Assignment(gt_index, gt_in, jnp.zeros_like(gt_in), jnp.where(gt_in, 1.0, -1.0))
+  else:
+    from_gt = assign(gt_boxes, gt_in)
+  parts = [(gt_boxes, from_gt, True), (proposals, from_proposals, False)]
+  if gt_proposals != "mmdet_v1":
+    parts.reverse()
+  candidates = jnp.concatenate([p[0] for p in parts]).astype(jnp.float32)
+  assignment = Assignment(*(jnp.concatenate(f) for f in zip(*(p[1] for p in parts))))
+  from_gt_flag = jnp.concatenate([jnp.full(p[0].shape[:1], p[2]) for p in parts])
+  return candidates, assignment, from_gt_flag
+
+
 def rcnn_targets(key: jax.Array, proposals: jax.Array, proposal_valid: jax.Array,
                  gt_boxes: jax.Array, gt_labels: jax.Array, gt_valid: jax.Array, *,
                  assigner: MaxIoUAssigner, sampler: RandomSampler, coder: boxes_lib.BoxCoder,
@@ -240,21 +260,8 @@ def rcnn_targets(key: jax.Array, proposals: jax.Array, proposal_valid: jax.Array
   if gt_proposals not in GT_PROPOSALS:
     raise ValueError(f"unknown gt_proposals {gt_proposals!r}; choose one of {GT_PROPOSALS}.")
   assign = lambda b, v: assigner.assign(b, v, gt_boxes, gt_valid, ignore_boxes, ignore_valid)
-  from_proposals = assign(proposals, proposal_valid)
-  gt_in = gt_valid & (gt_proposals != "none")
-  if gt_proposals == "mmdet_v1":
-    gt_index = jnp.arange(gt_boxes.shape[0], dtype=jnp.int32)
-    from_gt = Assignment(gt_index, gt_in, jnp.zeros_like(gt_in), jnp.where(gt_in, 1.0, -1.0))
-  else:
-    from_gt = assign(gt_boxes, gt_in)
-  gt_first = gt_proposals == "mmdet_v1"
-  parts = [(gt_boxes, from_gt, True), (proposals, from_proposals, False)]
-  if not gt_first:
-    parts.reverse()
-  candidates = jnp.concatenate([p[0] for p in parts]).astype(jnp.float32)
-  assignment = Assignment(*(jnp.concatenate(f) for f in zip(*(p[1] for p in parts))))
-  from_gt_flag = jnp.concatenate([jnp.full(p[0].shape[:1], p[2]) for p in parts])
-
+  candidates, assignment, from_gt_flag = _candidates(proposals, proposal_valid, gt_boxes,
+                                                     gt_valid, assign, gt_proposals)
   sample = sampler.sample(key, assignment.positive, assignment.negative)
   rois = candidates[sample.indices]
   positive = sample.valid & sample.positive

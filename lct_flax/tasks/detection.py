@@ -33,7 +33,8 @@ class Detection(base.Task):
   name = "detection"
   spec = model_specs.DetectorSpec
   pretrained_path = ("backbone",)
-  identity_defaults = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1"}
+  identity_defaults = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1",
+                       "model.box_head": "shared_2fc", "model.mask_head": "fcn"}
 
   def check_config(self, config):
     """The schema, and the one rule across sections: the data's box convention is the model's."""
