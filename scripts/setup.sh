@@ -2,6 +2,8 @@
 # Creates .venv with Python 3.12 or 3.13, installs requirements.txt into it and this repository as
 # an editable package (pyproject.toml: `lct_flax` and `configs` importable from anywhere); does
 # nothing when .venv already holds exactly these for that Python. Run it: `bash scripts/setup.sh`.
+# With --plan it also installs requirements-plan.txt (the deviceless GPU/TPU compilers that
+# `python -m lct_flax.plan` uses, about 1.2 GB) into .plan-packages, outside the venv.
 # The Python is $PYTHON if set, else the first of python3.12, python3.13, python3 (and pyenv's
 # installed 3.12/3.13) that is 3.12 or 3.13.
 set -euo pipefail
@@ -49,4 +51,15 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     exit 1
   fi
   echo "$want" > "$stamp"
+fi
+
+if [[ "${1:-}" == "--plan" ]]; then
+  plan_stamp=".plan-packages/.requirements.sha256"
+  plan_want="$(sha256sum requirements-plan.txt | cut -d' ' -f1)"
+  if [[ ! -f "$plan_stamp" || "$(cat "$plan_stamp")" != "$plan_want" ]]; then
+    rm -rf .plan-packages
+    "$VENV/bin/python" -m pip install --quiet --no-deps --target .plan-packages \
+      -r requirements-plan.txt
+    echo "$plan_want" > "$plan_stamp"
+  fi
 fi

@@ -5,5 +5,5 @@
 # process).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --plan
 .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@"

@@ -12,7 +12,7 @@ from lct_flax.tasks import base
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "lct_flax"
 SHARED_COMMANDS = ("train.py", "lct_flax/export.py", "lct_flax/evaluate.py", "lct_flax/loop.py",
-                   "lct_flax/export_format.py")
+                   "lct_flax/export_format.py", "lct_flax/plan.py", "lct_flax/deviceless.py")
 
 
 def module_files() -> dict[str, str]:

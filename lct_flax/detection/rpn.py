@@ -6,8 +6,8 @@ v1.0 (mmdet/models/anchor_heads/rpn_head.py, anchor_head.py) and torchvision
 (`postprocess.rpn_proposals`), the targets (`targets.rpn_targets`: assigner, sampler, box coder
 of the convention) and the loss (`losses.rpn_loss`).
 
-`RPNHead`, shared over the FPN levels: conv3x3 (256) + ReLU, then a 1x1 objectness convolution (A logits, sigmoid) and a 1x1 box
-convolution (4A deltas); all three initialised N(0, 0.01^2), bias 0 (both references). The
+`RPNHead`, shared over the FPN levels: conv3x3 (256) + ReLU, then a 1x1 objectness convolution
+(A logits, sigmoid) and a 1x1 box convolution (4A deltas); all three initialised N(0, 0.01^2), bias 0 (both references). The
 outputs of a level flatten in (H, W, A) order, the order of `anchors.level_anchors`; each
 location's 4A box channels are (anchor, coordinate), as both references reshape them.
 """

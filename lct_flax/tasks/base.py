@@ -109,6 +109,17 @@ class Task(abc.ABC):
   def sizes(self, config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(number of classes, steps per epoch) of the config's dataset, prepared first if needed."""
 
+  # -- what the accelerator plan compiles (`lct_flax.plan`), without any data -----------------
+
+  planned_classes: Mapping[str, int] = {}   # dataset name -> its number of classes
+  input_cpu_ms_per_image: Optional[float] = None   # the host's input pipeline, where measured
+
+  @abc.abstractmethod
+  def abstract_batches(self, config: ml_collections.ConfigDict,
+                       global_batch: int) -> tuple[dict, dict]:
+    """(train, eval) batches of `global_batch` examples as the device sees them: fields of
+    `jax.ShapeDtypeStruct`s (the largest canvas where the data has several)."""
+
   @abc.abstractmethod
   def training(self, config: ml_collections.ConfigDict, workdir: str,
                **options: Any) -> loop.Training:
@@ -177,9 +188,10 @@ class Task(abc.ABC):
 
   def build_experiment(self, config: ml_collections.ConfigDict, *,
                        num_classes: Optional[int] = None,
-                       steps_per_epoch: Optional[int] = None) -> Experiment:
+                       steps_per_epoch: Optional[int] = None, mesh: Any = None) -> Experiment:
     """Checks `config` and builds what it determines; the dataset gives the number of classes
-    and the steps per epoch unless they are passed in."""
+    and the steps per epoch unless they are passed in; `mesh` is every device's unless given
+    (the plan's: an absent accelerator's)."""
     import functools
     import jax
     from lct_flax import freezing
@@ -189,7 +201,7 @@ class Task(abc.ABC):
     self.check_config(config)
     if num_classes is None or steps_per_epoch is None:
       num_classes, steps_per_epoch = self.sizes(config)
-    mesh = parallel.create_mesh()
+    mesh = parallel.create_mesh() if mesh is None else mesh
     schedule = optimization.create_learning_rate_schedule(config, steps_per_epoch)
     model = self.create_model(config, num_classes)
     optimizer = optimization.create_optimizer(config, schedule)

@@ -1,7 +1,7 @@
 """Image classification (the paper's Tables 1-5): a ResNet with an attention block on a tfds split.
 
-The model is the `model_specs.ClassifierSpec` of `config.model` (`models.create_model`); the loss is the cross-entropy of
-`classifier_steps`; the data is `input_pipeline` (ImageNet from the tars, any tfds set, the
+The model is the `model_specs.ClassifierSpec` of `config.model` (`models.create_model`); the
+loss is the cross-entropy of `classifier_steps`; the data is `input_pipeline` (ImageNet from the tars, any tfds set, the
 embedded digits); evaluation is top-1/top-5 over every example of the eval split exactly once.
 An export's `model` section is that spec (name, attention, attention_kwargs, width, small_stem,
 num_classes, dtype) and its `dataset` section the eval preprocessing (name, eval_split, data_dir,
@@ -35,6 +35,9 @@ class Classification(base.Task):
   name = "classification"
   spec = model_specs.ClassifierSpec
   identity_defaults = {"frozen_stages": -1, "frozen_bn": False}
+  planned_classes = {"imagenet2012": 1000, "sklearn_digits": 10}
+  # bench/RESULTS.md, input pipeline, "ours, train": bench/input_pipeline.py on a 2-core AMD EPYC.
+  input_cpu_ms_per_image = 2.38
 
   def check_config(self, config):
     config_schema.validate(config)
@@ -67,6 +70,13 @@ class Classification(base.Task):
     return functools.partial(classifier_steps.loss, model=experiment.model,
                              label_smoothing=experiment.config.label_smoothing, mean=mean,
                              std=std)
+
+  def abstract_batches(self, config, global_batch):
+    """uint8 images of `dataset.image_size` and int32 labels (eval: and the real-example mask)."""
+    size = config.dataset.image_size
+    train = {"image": jax.ShapeDtypeStruct((global_batch, size, size, 3), jnp.uint8),
+             "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32)}
+    return train, {**train, "mask": jax.ShapeDtypeStruct((global_batch,), jnp.bool_)}
 
   def compile_eval_step(self, experiment):
     """`classifier_steps.eval_step`: sums over the batch, replicated."""

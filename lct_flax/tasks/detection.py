@@ -35,6 +35,8 @@ class Detection(base.Task):
   pretrained_path = ("backbone",)
   identity_defaults = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1",
                        "model.box_head": "shared_2fc", "model.mask_head": "fcn"}
+  # len(coco_layout.COCO_CATEGORIES), len(coco_layout.SHAPES_CATEGORIES) (which import tfds)
+  planned_classes = {"coco_instances/2017": 80, "coco_instances/shapes": 4}
 
   def check_config(self, config):
     """The schema, and the one rule across sections: the data's box convention is the model's."""
@@ -74,6 +76,19 @@ class Detection(base.Task):
 
   def loss_fn(self, experiment):
     return functools.partial(training.loss, model=experiment.model)
+
+  def abstract_batches(self, config, global_batch):
+    """`detection.data`'s batch fields on the largest canvas, `dataset.max_instances` instances
+    per image (Mask R-CNN: and their bit-packed masks)."""
+    canvas = max((tuple(c) for c in config.dataset.canvases), key=lambda c: c[0] * c[1])
+    b, m = global_batch, config.dataset.max_instances
+    fields = {"image": ((b, *canvas, 3), jnp.uint8), "image_shape": ((b, 2), jnp.int32),
+              "boxes": ((b, m, 4), jnp.float32), "labels": ((b, m), jnp.int32),
+              "valid": ((b, m), jnp.bool_), "masks": ((b, m, canvas[0], canvas[1] // 8), jnp.uint8)}
+    with_masks = config.model.detector in model_specs.MASK_DETECTORS
+    keys = training.MASK_TRAIN_KEYS if with_masks else training.TRAIN_KEYS
+    batch = lambda names: {k: jax.ShapeDtypeStruct(*fields[k]) for k in names}
+    return batch(keys), batch(training.EVAL_KEYS)
 
   def compile_eval_step(self, experiment):
     """`detection.training.detect_step`: the batch's detections, sharded as the batch."""

@@ -1,0 +1,150 @@
+"""`python -m lct_flax.plan`: the real train and eval steps of a tiny classifier compiled for an
+absent H100 host and a v5e-8, and of a tiny detector for the v5e-8 (deviceless, through the
+command itself); the report's figures against each other and an independent FLOP count; an
+absurd batch refused with one that fits; two TPU compiles at once (libtpu's lock); bad commands
+refused in one line before any compile. Skipped without the compile-only packages
+(requirements-plan.txt; scripts/test.sh installs them)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import demo
+from lct_flax import accelerators
+from lct_flax import flops
+from lct_flax import model_specs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = os.path.join(REPO, ".plan-packages")
+needs_compilers = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(PACKAGES, "libtpu")),
+    reason="the deviceless compilers are not installed: bash scripts/setup.sh --plan")
+
+# ResNet-18 (LCT) at width 1/4 on 128 px images, 1 per device: its convolutions are most of its
+# work, and little of them falls on padding, so XLA's FLOP count is close to the layer count.
+CLASSIFIER = ["--config=configs/demo.py", "--config.model.width=0.25",
+              "--config.dataset.image_size=128", "--config.dataset.resize_size=128",
+              "--config.batch_size=8"]
+DETECTOR = ["--config=configs/detection/shapes_demo.py", "--config.model.width=0.125",
+            "--config.model.fpn_channels=16", "--config.model.fc_hidden=32",
+            "--config.model.rpn_proposals_train=64", "--config.model.rpn_proposals_test=32",
+            "--config.model.rcnn_samples=32", "--config.model.max_candidates=64",
+            "--config.dataset.img_scale=(80,64)", "--config.dataset.canvases=((64,96),(96,64))",
+            "--config.batch_size=8"]
+
+
+def plan_command(*flags):
+  return [sys.executable, "-m", "lct_flax.plan", *flags]
+
+
+def environment(**extra):
+  return {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **extra}
+
+
+def finished(process):
+  out, err = process.communicate(timeout=900)
+  return process.returncode, out, err
+
+
+def start(*flags, **env):
+  return subprocess.Popen(plan_command(*flags), cwd=REPO, env=environment(**env), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def classifier_counts():
+  config = demo.get_config()
+  config.model.width = 0.25
+  model = model_specs.ClassifierSpec.from_config(config, 10).module()
+  return flops.count(model, (1, 128, 128, 3))
+
+
+def assert_consistent(plan, target):
+  assert plan["state_bytes_per_device"] <= plan["argument_bytes_per_device"]
+  assert plan["argument_bytes_per_device"] <= plan["peak_bytes_per_device"]
+  assert plan["device_memory_bytes"] == target.memory_bytes and plan["fits"]
+  step = max(plan["flops_per_example"] * plan["per_device_batch"] / target.peak_flops,
+             plan["bytes_per_device"] / target.hbm_bytes_per_second)
+  assert plan["est_step_seconds"] == pytest.approx(step, rel=1e-9)
+  assert plan["est_images_per_second"] == pytest.approx(plan["global_batch"] / step, rel=1e-9)
+  assert plan["collectives"]["all-reduce"]["count"] >= 1 and plan["kernels"] > 50
+
+
+@needs_compilers
+def test_a_tiny_classifier_on_a_v5e_host_and_an_absurd_batch_compiled_at_once():
+  fitting = start(*CLASSIFIER, "--target=v5e", "--json")
+  absurd = start(*CLASSIFIER, "--target=v5e", "--json", "--config.batch_size=32768")
+  code, out, err = finished(fitting)
+  assert code == 0, err
+  plan = json.loads(out)
+  assert (plan["task"], plan["devices"], plan["per_device_batch"]) == ("classification", 8, 1)
+  assert_consistent(plan, accelerators.get("v5e"))
+  counts = classifier_counts()
+  # A training step is about three forward passes: XLA's count of the unoptimised step within
+  # a few % of 3 x 2 x the convolutions' and linear layers' multiply-adds.
+  assert plan["unoptimised_flops_per_example"] == pytest.approx(6 * counts.conv_linear_macs,
+                                                                rel=0.05)
+  assert plan["flops_per_example"] >= 0.95 * plan["unoptimised_flops_per_example"]
+  assert plan["rematerialized"] is False
+  assert plan["collectives"]["all-reduce"]["bytes"] >= 4 * counts.params   # float32 gradients
+  assert plan["input_cores_per_host"] == pytest.approx(
+      plan["est_images_per_second"] * 2.38 / 1000, rel=1e-9)
+
+  code, out, err = finished(absurd)
+  assert code == 3
+  refused = json.loads(out)
+  assert not refused["fits"] and refused["per_device_batch"] == 4096
+  largest = refused["largest_fitting_batch_per_device"]
+  assert 1 <= largest < 4096
+  assert refused["peak_bytes_per_device"] > refused["usable_bytes"]
+  assert err.strip().splitlines()[-1].startswith("error: the step needs ")
+  assert err.strip().endswith(f"--config.batch_size={largest * 8}.")
+
+
+@needs_compilers
+def test_a_tiny_classifier_on_an_h100_host():
+  code, out, err = finished(start(*CLASSIFIER, "--target=h100", "--json"))
+  assert code == 0, err
+  plan = json.loads(out)
+  assert_consistent(plan, accelerators.get("h100"))
+  assert plan["usable_bytes"] == int(0.75 * plan["device_memory_bytes"])
+  assert plan["rematerialized"] is None   # the GPU compiler does not rematerialise
+  assert plan["flops_per_example"] == pytest.approx(plan["unoptimised_flops_per_example"])
+
+
+@needs_compilers
+def test_a_tiny_detector_on_a_v5e_host():
+  code, out, err = finished(start(*DETECTOR, "--target=v5e"))
+  assert code == 0, err
+  lines = out.splitlines()
+  assert lines[0].startswith("configs/detection/shapes_demo.py (detection, float32) on 8 x v5e: "
+                             "global batch 8, 1 per device")
+  assert "fits" in lines[2] and "all-reduce" in out and "input pipeline" not in out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--target=tpu9"], "unknown --target 'tpu9'; choose one of h100, h200, a100, v4, v5e"),
+    (["--target=h100", "--devices=12"], "a h100 host has 8 devices; choose a multiple of 8"),
+    (["--target=v5e", "--devices=24"], "no v5e slice of that size here; choose one of [8, 16"),
+    (["--target=v4", "--config.model.width=-1"], "config.model.width=-1"),
+])
+def test_bad_commands_are_refused_in_one_line_before_any_compile(flags, message):
+  # Without the compilers at hand, a command that got as far as compiling would say so instead.
+  result = subprocess.run(plan_command("--config=configs/demo.py", *flags), cwd=REPO,
+                          env=environment(LCT_PLAN_PACKAGES="/nonexistent"), text=True,
+                          capture_output=True)
+  assert result.returncode in (1, 2)
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_without_the_compilers_the_plan_says_how_to_install_them():
+  result = subprocess.run(plan_command(*CLASSIFIER, "--target=v5e"), cwd=REPO,
+                          env=environment(LCT_PLAN_PACKAGES="/nonexistent"), text=True,
+                          capture_output=True)
+  assert result.returncode == 1
+  assert result.stderr.strip() == (
+      "error: the deviceless GPU and TPU compilers are not installed in /nonexistent; run "
+      "`bash scripts/setup.sh --plan` (requirements-plan.txt, about 1.2 GB).")
