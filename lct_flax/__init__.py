@@ -12,6 +12,7 @@ Models (no training code; usable alone in a notebook)
 Tasks (`tasks`: the registry; one module per task implementing `tasks.base.Task`)
   tasks.classification    Tables 1-5; its pure pieces in classifier_steps, classifier_evaluation
   tasks.detection         Tables 6-7; the detector, its ops, COCO data and evaluation in detection/
+                          (a new box or mask head: detection/head_registry)
 Training (what every task's run shares)
   loop              the loop: checkpoints, exact resume, preemption, NaN guard, logs, evaluation
   train_state       the state and the one optimizer step, given a task's loss
@@ -24,6 +25,9 @@ Data
 Exports and analysis
   export_format     the files of an export (no task knowledge); export: the command and load
   evaluate          an export on a split, as its task evaluates; analysis: Figs. 1, 3, 4
+Accelerators, without them
+  plan              `python -m lct_flax.plan`: a config's steps compiled for absent GPUs and TPUs
+  deviceless, accelerators, hlo_stats    the compiles, the targets' figures, compiled HLO read
 Command-line support: cli, config_schema (every config key's type and range; schema_rules),
 quiet_tensorflow.
 """

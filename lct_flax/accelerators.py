@@ -102,14 +102,17 @@ SLICES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128:
              256: "4x8x8", 512: "8x8x8"}
 
 
-def tpu_topology(target: Target, devices: int) -> tuple[str, tuple[int, int, int]]:
-  """(topology name, chips per host bounds) of a slice of `devices` chips."""
+def tpu_topology(target: Target, devices: int) -> tuple[str, tuple[int, int, int], str]:
+  """(topology name, chips per host bounds, chip configuration) of a slice of `devices` chips:
+  v4 and v5p chips are two TensorCores run as one ("megacore")."""
   three_d = target.chip in ("v4", "v5p")
   slices = SLICES_3D if three_d else SLICES_2D
   if devices not in slices:
     raise TargetError(f"--devices={devices}: no {target.name} slice of that size here; choose "
                       f"one of {sorted(slices)}.")
-  return f"{target.chip}:{slices[devices]}", (2, 2, 1) if three_d else (2, 4, 1)
+  if three_d:
+    return f"{target.chip}:{slices[devices]}", (2, 2, 1), "megacore"
+  return f"{target.chip}:{slices[devices]}", (2, 4, 1), "default"
 
 
 def gpu_target_config(target: Target) -> str:

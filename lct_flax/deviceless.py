@@ -74,9 +74,9 @@ def target_mesh(target: accelerators.Target, devices: int) -> Any:
         platform="cuda", target_config=accelerators.gpu_target_config(target),
         topology=f"1x{devices // per_host}x{per_host}")
   else:
-    name, bounds = accelerators.tpu_topology(target, devices)
+    name, bounds, chip_config = accelerators.tpu_topology(target, devices)
     topology = topologies.get_topology_desc(
-        topology_name=name, platform="tpu", chip_config_name="default",
+        topology_name=name, platform="tpu", chip_config_name=chip_config,
         chips_per_host_bounds=bounds, num_slices=1, wrap=(False, False, False))
   return topologies.make_mesh(topology, (devices,), (parallel.DATA_AXIS,))
 

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from absl import app
 from absl import flags
@@ -219,20 +219,13 @@ def _extra_flops(p: Plan) -> str:
   return f" ({'' if p.rematerialized else 'not '}rematerialised)"
 
 
-def define_flags(flag_values: flags.FlagValues = FLAGS,
-                 sys_argv: Optional[Sequence[str]] = None) -> None:
-  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True,
-                                  flag_values=flag_values,
-                                  sys_argv=None if sys_argv is None else list(sys_argv))
-  flags.DEFINE_string("target", None, f"One of {', '.join(accelerators.TARGETS)}.",
-                      flag_values=flag_values)
-  flags.DEFINE_integer("devices", None, "Devices to compile for (default: one host's).",
-                       flag_values=flag_values)
-  flags.DEFINE_integer("num_classes", None, "Classes, where the dataset's are not known here.",
-                       flag_values=flag_values)
-  flags.DEFINE_bool("json", False, "Print one JSON object instead of text.",
-                    flag_values=flag_values)
-  flags.mark_flags_as_required(["config", "target"], flag_values=flag_values)
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("target", None, f"One of {', '.join(accelerators.TARGETS)}.")
+  flags.DEFINE_integer("devices", None, "Devices to compile for (default: one host's).")
+  flags.DEFINE_integer("num_classes", None, "Classes, where the dataset's are not known here.")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+  flags.mark_flags_as_required(["config", "target"])
 
 
 def main(argv):

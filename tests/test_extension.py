@@ -2,6 +2,7 @@
 the pooled channels) and a test-only box head (mmdetection's Shared4Conv1FCBBoxHead), each
 registered here alone, train a step, export and load back."""
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -14,6 +15,7 @@ from lct_flax import attention
 from lct_flax import blocks
 from lct_flax import config_schema
 from lct_flax import export
+from lct_flax import loop
 from lct_flax import pixels
 from lct_flax import schema_rules
 from lct_flax.detection import head_registry
@@ -113,9 +115,13 @@ def test_a_box_head_registered_from_a_test_file_trains_exports_and_loads(
     box_head_registered, shapes_config, tmp_path):
   config = tiny_config(shapes_config, num_train_steps=1)
   config.model.box_head = "shared_4conv_1fc"
-  config_schema.validate(config)
-  result = DETECTION.train_and_evaluate(config, str(tmp_path / "run"))
-  assert result["step"] == 1 and 0 <= result["eval_AP"] <= 100
+  DETECTION.check_config(config)
+  workdir = str(tmp_path / "run")
+  # The run's COCO evaluation is left out (the export's detections are checked below).
+  result = loop.run(lambda: dataclasses.replace(
+      DETECTION.training(config, workdir), evaluate=lambda state: {},
+      describe_eval=lambda metrics: ""), workdir)
+  assert result["step"] == 1
 
   path = export.export_workdir(str(tmp_path / "run"), str(tmp_path / "export"))
   model, variables, exported = export.load(path)
@@ -127,7 +133,7 @@ def test_a_box_head_registered_from_a_test_file_trains_exports_and_loads(
   np.testing.assert_array_equal(head["conv_3"]["kernel"],
                                 state.params["box_heads_0"]["conv_3"]["kernel"])
   images = np.random.default_rng(0).integers(0, 256, (1, 64, 96, 3), np.uint8)
-  detections = model.apply(variables, images, np.array([[64, 80]], np.int32))
+  detections = jax.jit(model.apply)(variables, images, np.array([[64, 80]], np.int32))
   assert detections.boxes.shape == (1, 100, 4) and np.all(np.isfinite(detections.scores))
 
 
