@@ -38,10 +38,10 @@ ENTRY %main (p: bf16[8,128], q: f32[8,128]) -> f32[8,128] {
   %all-reduce = f32[8,128]{1,0} all-reduce(%convert_fusion), channel_id=1, to_apply=%fused_add
   %zero = s32[] constant(0)
   %start = (s32[], f32[8,128]{1,0}) tuple(%zero, %all-reduce)
-  %loop = (s32[], f32[8,128]{1,0}) while(%start), condition=%condition, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %loop = (s32[], f32[8,128]{1,0}) while(%start), condition=%condition, body=%body, TRIPS
   ROOT %out = f32[8,128]{1,0} get-tuple-element(%loop), index=1
 }
-"""
+""".replace("TRIPS", 'backend_config={"known_trip_count":{"n":"3"}}')
 
 F32 = 8 * 128 * 4   # bytes of an f32[8,128]
 
