@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 
+from lct_flax import accelerators
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE1 = ("resnet50", "se_resnet50", "lct_resnet50", "resnet101", "se_resnet101",
           "lct_resnet101")
@@ -26,7 +28,6 @@ DETECTORS = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn")
 # mmdetection v1.0's model zoo, memory per GPU at 2 images (GB, PyTorch float32), R-101-FPN 1x.
 MMDET_MEMORY_GB = {"faster_rcnn": 8.0, "mask_rcnn": 9.1, "cascade_rcnn": 8.7,
                    "cascade_mask_rcnn": 10.9}
-PER_HOST = {"h100": 8, "h200": 8, "a100": 8, "v4": 4, "v5e": 8, "v5p": 4, "v6e": 8}
 
 
 def rows(targets, detection):
@@ -39,8 +40,9 @@ def rows(targets, detection):
       for attention in ("", "se_", "lct_"):
         for detector in DETECTORS:
           name = f"{attention}{detector}_r101_fpn_1x"
+          images = 2 * accelerators.get(target).per_host
           yield (f"{name}/{target}", f"configs/detection/{name}.py",
-                 [f"--target={target}", f"--config.batch_size={2 * PER_HOST[target]}"])
+                 [f"--target={target}", f"--config.batch_size={images}"])
 
 
 def run_row(config, flags):

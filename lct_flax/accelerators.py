@@ -32,8 +32,6 @@ GPU, TPU = "gpu", "tpu"
 # JAX preallocates this share of a GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION's default); a
 # TPU step may use its HBM but for what the runtime keeps (taken as 5% here).
 USABLE_FRACTION = {GPU: 0.75, TPU: 0.95}
-USABLE_SOURCE = {GPU: "JAX's default GPU preallocation (XLA_PYTHON_CLIENT_MEM_FRACTION=.75)",
-                 TPU: "95% of HBM (the TPU runtime keeps the rest)"}
 
 
 @dataclasses.dataclass(frozen=True)

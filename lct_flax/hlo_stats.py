@@ -51,15 +51,7 @@ class Stats:
   """Per device, for one execution of the program."""
   kernels: int = 0
   traffic_bytes: float = 0.0
-  collectives: dict = dataclasses.field(default_factory=dict)   # opcode -> [count, bytes]
-
-  @property
-  def collective_count(self) -> int:
-    return sum(count for count, _ in self.collectives.values())
-
-  @property
-  def collective_bytes(self) -> float:
-    return sum(size for _, size in self.collectives.values())
+  collectives: dict = dataclasses.field(default_factory=dict)   # opcode -> (count, bytes)
 
 
 def shape_bytes(shape_text: str) -> float:
@@ -102,10 +94,8 @@ def _executed(computations: dict, name: str, times: int) -> Iterator[tuple[Instr
   """(instruction, how often it runs, its computation's sizes by name), control flow unrolled."""
   sizes = {i.name: i.result_bytes for i in computations[name]}
   for instruction in computations[name]:
-    if instruction.opcode == "while":
-      body = [c for c in instruction.called if c in computations]
-      for called in body[-1:]:    # the body (the condition is tiny)
-        yield from _executed(computations, called, times * instruction.trip_count)
+    if instruction.opcode == "while":   # `called` holds its body (the condition is tiny)
+      yield from _executed(computations, instruction.called[0], times * instruction.trip_count)
     elif instruction.opcode in ("call", "conditional"):
       for called in instruction.called[:1]:
         yield from _executed(computations, called, times)

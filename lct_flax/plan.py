@@ -66,24 +66,29 @@ class Plan:
   device_memory_bytes: int
   usable_bytes: int
   state_bytes_per_device: int
-  argument_bytes_per_device: Optional[int]
   peak_bytes_per_device: int
-  eval_peak_bytes_per_device: Optional[int]
   fits: bool
   largest_fitting_batch_per_device: Optional[int]
   # Where the compiler refused the step (TPU: too large even rematerialised), the peak is the
   # state plus the temporaries it asked for, and the rest is None.
-  rematerialized: Optional[bool]
-  extra_flops_fraction: Optional[float]
-  flops_per_example: Optional[float]
-  unoptimised_flops_per_example: Optional[float]
-  bytes_per_device: Optional[float]
-  kernels: Optional[int]
-  collectives: Optional[dict]
-  est_step_seconds: Optional[float]
-  est_images_per_second: Optional[float]
-  input_cores_per_host: Optional[float]
-  compile_seconds: Optional[float]
+  argument_bytes_per_device: Optional[int] = None
+  eval_peak_bytes_per_device: Optional[int] = None
+  rematerialized: Optional[bool] = None
+  extra_flops_fraction: Optional[float] = None
+  flops_per_example: Optional[float] = None
+  unoptimised_flops_per_example: Optional[float] = None
+  bytes_per_device: Optional[float] = None
+  kernels: Optional[int] = None
+  collectives: Optional[dict] = None
+  est_step_seconds: Optional[float] = None
+  est_images_per_second: Optional[float] = None
+  input_cores_per_host: Optional[float] = None
+  compile_seconds: Optional[float] = None
+
+  @property
+  def needed_bytes(self) -> int:
+    """The larger of the train and eval steps' peaks: what must fit."""
+    return max(self.peak_bytes_per_device, self.eval_peak_bytes_per_device or 0)
 
 
 def use_compile_packages() -> None:
@@ -103,19 +108,18 @@ def use_compile_packages() -> None:
 
 def plan(config: Any, config_name: str, target: accelerators.Target, devices: int, *,
          num_classes: Optional[int] = None) -> Plan:
-  """Compiles `config`'s steps for `devices` x `target` and reports them."""
+  """Compiles `config`'s steps for `devices` x `target` and reports them (the experiment checks
+  the config)."""
   from lct_flax import deviceless
+  from lct_flax import parallel
   task = tasks.of_config(config)
-  task.check_config(config)
-  if config.batch_size % devices:
-    raise PlanError(f"batch_size {config.batch_size} does not split over {devices} devices; "
-                    f"pass --config.batch_size=<a multiple of {devices}>.")
   if num_classes is None:
     num_classes = task.planned_classes.get(config.dataset.name)
     if num_classes is None:
       raise PlanError(f"the number of classes of dataset {config.dataset.name!r} is not known "
                       f"here; pass --num_classes=N.")
   mesh = deviceless.target_mesh(target, devices)
+  parallel.check_batch_size(config.batch_size, mesh)
   basics = dict(config=config_name, task=task.name, target=target.name, devices=devices,
                 dtype="bfloat16" if config.get("half_precision") else "float32",
                 global_batch=config.batch_size, per_device_batch=config.batch_size // devices,
@@ -139,14 +143,9 @@ def _largest_batch(per_device: int, state_bytes: float, step_bytes: float,
 def _refused(basics: dict, refusal: Any) -> Plan:
   """The plan of a train step the (TPU) compiler refused as too large even rematerialised."""
   peak = int(refusal.state_bytes + refusal.required)
-  return Plan(**basics, state_bytes_per_device=refusal.state_bytes, argument_bytes_per_device=None,
-              peak_bytes_per_device=peak, eval_peak_bytes_per_device=None, fits=False,
-              largest_fitting_batch_per_device=_largest_batch(
-                  basics["per_device_batch"], refusal.state_bytes, peak, basics["usable_bytes"]),
-              rematerialized=None, extra_flops_fraction=None, flops_per_example=None,
-              unoptimised_flops_per_example=None, bytes_per_device=None, kernels=None,
-              collectives=None, est_step_seconds=None, est_images_per_second=None,
-              input_cores_per_host=None, compile_seconds=None)
+  return Plan(**basics, state_bytes_per_device=refusal.state_bytes, peak_bytes_per_device=peak,
+              fits=False, largest_fitting_batch_per_device=_largest_batch(
+                  basics["per_device_batch"], refusal.state_bytes, peak, basics["usable_bytes"]))
 
 
 def _report(basics, config, task, target, train, evaluation, state_bytes) -> Plan:
@@ -183,7 +182,7 @@ def _report(basics, config, task, target, train, evaluation, state_bytes) -> Pla
 def describe(p: Plan) -> str:
   """The report as lines of text."""
   gib = lambda n: f"{n / 2**30:.2f} GiB"
-  fraction = accelerators.USABLE_FRACTION[accelerators.get(p.target).kind]
+  fraction = p.usable_bytes / p.device_memory_bytes
   lines = [
       f"{p.config} ({p.task}, {p.dtype}) on {p.devices} x {p.target}: global batch "
       f"{p.global_batch}, {p.per_device_batch} per device",
@@ -233,13 +232,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   target = accelerators.get(FLAGS.target)
   devices = accelerators.check_devices(target, FLAGS.devices)
-  config_schema.validate(FLAGS.config)
+  config_schema.validate(FLAGS.config)   # a task's own checks import JAX: in the experiment
   use_compile_packages()
   result = plan(FLAGS.config, config_flags.get_config_filename(FLAGS["config"]), target, devices,
                 num_classes=FLAGS.num_classes)
   print(json.dumps(dataclasses.asdict(result)) if FLAGS.json else describe(result))
   if not result.fits:
-    print(f"error: the step needs {result.peak_bytes_per_device / 2**30:.2f} GiB per device, "
+    print(f"error: the step needs {result.needed_bytes / 2**30:.2f} GiB per device, "
           f"more than {target.name}'s usable {result.usable_bytes / 2**30:.2f} GiB; at most about "
           f"{result.largest_fitting_batch_per_device} examples per device would fit (a linear "
           f"estimate): --config.batch_size={result.largest_fitting_batch_per_device * devices}.",

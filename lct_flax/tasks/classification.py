@@ -1,8 +1,9 @@
 """Image classification (the paper's Tables 1-5): a ResNet with an attention block on a tfds split.
 
 The model is the `model_specs.ClassifierSpec` of `config.model` (`models.create_model`); the
-loss is the cross-entropy of `classifier_steps`; the data is `input_pipeline` (ImageNet from the tars, any tfds set, the
-embedded digits); evaluation is top-1/top-5 over every example of the eval split exactly once.
+loss is the cross-entropy of `classifier_steps`; the data is `input_pipeline` (ImageNet from the
+tars, any tfds set, the embedded digits); evaluation is top-1/top-5 over every example of the
+eval split exactly once.
 An export's `model` section is that spec (name, attention, attention_kwargs, width, small_stem,
 num_classes, dtype) and its `dataset` section the eval preprocessing (name, eval_split, data_dir,
 image_size, resize_size, mean, std).

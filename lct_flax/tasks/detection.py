@@ -85,7 +85,7 @@ class Detection(base.Task):
     fields = {"image": ((b, *canvas, 3), jnp.uint8), "image_shape": ((b, 2), jnp.int32),
               "boxes": ((b, m, 4), jnp.float32), "labels": ((b, m), jnp.int32),
               "valid": ((b, m), jnp.bool_), "masks": ((b, m, canvas[0], canvas[1] // 8), jnp.uint8)}
-    with_masks = config.model.detector in model_specs.MASK_DETECTORS
+    with_masks = self.spec.from_config(config, num_classes=1).with_masks
     keys = training.MASK_TRAIN_KEYS if with_masks else training.TRAIN_KEYS
     batch = lambda names: {k: jax.ShapeDtypeStruct(*fields[k]) for k in names}
     return batch(keys), batch(training.EVAL_KEYS)
