@@ -3,7 +3,7 @@
 Each variant is the real detector of configs/detection/base.py with a ResNet-50 (by default) and
 the given attention, its real training step (the detection task's compiled step: RPN and R-CNN
 targets, losses, backward, the SGD update with frozen stem and layer1 and clipping) and its
-inference (`detection.training.detect_step`: proposals, box head, per-class NMS), on random
+inference (`detection.steps.detect_step`: proposals, box head, per-class NMS), on random
 uint8 images with a few random ground-truth boxes (and, for the mask detectors, bit-packed
 instance masks filling them) at the paper's landscape canvas (800x1344). Variants are
 alternated in one process (A B C A B C ...) after `--warmup` untimed rounds and the table gives
@@ -31,7 +31,7 @@ from bench import machine
 from bench import timing
 from configs.detection import base
 from lct_flax.tasks.detection import TASK as DETECTION
-from lct_flax.detection import training
+from lct_flax.detection import steps
 
 _CANVAS = flags.DEFINE_list("canvas", ["800", "1344"], "Canvas height,width of the timed steps.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per step.")
@@ -88,7 +88,7 @@ def build(attention: str, canvas, batch: dict, inference: bool) -> timing.Varian
   state = experiment.init_state()
   if inference:
     step = DETECTION.compile_eval_step(experiment)
-    state, batch = state.variables, training.device_batch(batch, training.EVAL_KEYS)
+    state, batch = state.variables, steps.device_batch(batch, steps.EVAL_KEYS)
   else:
     step = DETECTION.compile_train_step(experiment)
   compiled, lower_s, compile_s = timing.compile_timed(step, state, batch)
@@ -123,7 +123,7 @@ def main(argv):
   for inference in (False, True):
     variants = [build(a, canvas, batch, inference) for a in _ATTENTIONS.value]
     load = os.getloadavg()[0]
-    timed = training.device_batch(batch, training.EVAL_KEYS) if inference else batch
+    timed = steps.device_batch(batch, steps.EVAL_KEYS) if inference else batch
     timing.time_alternated(variants, timed, _WARMUP.value, _STEPS.value)
     kind = ("inference (`detect_step`)" if inference else "training step (`train_step`)")
     timing.print_table(

@@ -9,10 +9,13 @@ Models (no training code; usable alone in a notebook)
                     section and module derive from them
   flops             parameter and multiply-add counts (Table 1)
   interop           torchvision/timm state dicts in and out
-Tasks (`tasks`: the registry; one module per task implementing `tasks.base.Task`)
-  tasks.classification    Tables 1-5; its pure pieces in classifier_steps, classifier_evaluation
+Tasks (`tasks`: the registry; one module per task implementing `tasks.base.Task`, registered
+with the module of its config keys' rules)
+  tasks.classification    Tables 1-5; its pure pieces in classifier_steps, classifier_evaluation;
+                          its config keys in classifier_rules
   tasks.detection         Tables 6-7; the detector, its ops, COCO data and evaluation in detection/
-                          (a new box or mask head: detection/head_registry)
+                          (its config keys: detection/config_rules; a new box or mask head:
+                          detection/head_registry)
 Training (what every task's run shares)
   loop              the loop: checkpoints, exact resume, preemption, NaN guard, logs, evaluation
   train_state       the state and the one optimizer step, given a task's loss

@@ -5,13 +5,14 @@ refuses a config with one line that names the key, the value and what is allowed
 
     config.batch_size=0 is not allowed: it must be an integer >= 1.
 
-The rules are data: `TASK_RULES` maps each task's dotted keys to a rule (`Integer`, `Real`, `Flag`,
-`Name`, `OneOf`, `Numbers`, `Names`, `Text`, `Record`: `lct_flax.schema_rules`), the attention
-blocks' registrations (`lct_flax.blocks`) give their options (`model.attention_kwargs`), and
-`CROSS_CHECKS` relate keys to each other (decay epochs inside the run, resize not below the crop,
-...). A new config key needs a rule here:
-a key without one is refused as unknown, with the nearest known key suggested, so typos in config
-files are caught too.
+The rules are data: each dotted key has a rule (`Integer`, `Real`, `Flag`, `Name`, `OneOf`,
+`Numbers`, `Names`, `Text`, `Record`: `lct_flax.schema_rules`). `COMMON_RULES` are every task's
+keys; each task adds its own from a plain-Python module named in `TASK_RULES`
+(`lct_flax.classifier_rules`, `lct_flax.detection.config_rules`: its `RULES` and its
+`CROSS_CHECKS`); the attention blocks' registrations (`lct_flax.blocks`) give their options
+(`model.attention_kwargs`); `CROSS_CHECKS` relate keys to each other (decay epochs inside the
+run, ...). A new config key needs a rule: a key without one is refused as unknown, with the
+nearest known key suggested, so typos in config files are caught too.
 Keys marked `required=False` may be absent (the code has a default, or the key is newer than some
 workdirs' config.json).
 """
@@ -19,12 +20,13 @@ workdirs' config.json).
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from lct_flax import blocks
 from lct_flax import model_specs
-from lct_flax.schema_rules import (Flag, Integer, Integers, Name, Names, Numbers, OneOf, Real,
-                                   Record, Shapes, Text)
+from lct_flax.schema_rules import (Flag, Integer, Name, Names, Numbers, OneOf, Problem, Real,
+                                   Record, Text, problem)
 
 ATTENTION_KWARGS = "model.attention_kwargs"
 
@@ -33,9 +35,14 @@ class ConfigError(ValueError):
   """A config key is missing, unknown, of the wrong type or out of range."""
 
 
-# Keys of every task.
+# Each task's own rules: task name -> the plain-Python module of its `RULES` and `CROSS_CHECKS`
+# (`lct_flax.tasks.register` adds a task's). A config without `task` is a classification config.
+TASK_RULES = {"classification": "lct_flax.classifier_rules",
+              "detection": "lct_flax.detection.config_rules"}
+DEFAULT_TASK = "classification"
+
+# Keys of every task ("task" itself: one of TASK_RULES).
 COMMON_RULES: dict[str, Any] = {
-    "task": OneOf(("classification", "detection"), required=False),  # absent: classification
     "dataset.name": Name(),
     "dataset.data_dir": Name(optional=True, noun="path", required=False),
     "dataset.manual_dir": Name(optional=True, noun="path", required=False),
@@ -77,48 +84,10 @@ COMMON_RULES: dict[str, Any] = {
     "init_from_source": Record(),  # config.json's record of the init_from source and its sha256
 }
 
-CLASSIFICATION_RULES: dict[str, Any] = {
-    "model.zero_init_last_bn": Flag(required=False),
-    "dataset.image_size": Integer(minimum=1),
-    "dataset.resize_size": Integer(minimum=1, also=(None,), required=False),
-    "dataset.crop_area_range": Numbers(Real(0, 1, open_low=True), length=2, required=False),
-    "dataset.aspect_ratio_range": Numbers(Real(0, open_low=True), length=2, required=False),
-    "dataset.random_flip": Flag(required=False),
-    "dataset.shuffle_buffer": Integer(minimum=1, required=False),
-    "dataset.cache": Flag(required=False),
-    "label_smoothing": Real(0, 1, open_high=True),
-    "bn_group_size": Integer(minimum=0),  # 0: the global batch
-}
-
-DETECTION_RULES: dict[str, Any] = {
-    "dataset.img_scale": Integers(2, minimum=1),
-    "dataset.canvases": Shapes(),
-    "dataset.size_divisor": Integer(minimum=1, required=False),
-    "dataset.flip_ratio": Real(0, 1, required=False),
-    "dataset.max_instances": Integer(minimum=1, required=False),
-    "dataset.min_image_size": Integer(minimum=0, required=False),
-    "dataset.box_convention": OneOf(("mmdet_v1", "torchvision"), required=False),
-}
-
-# The config.model rules come from the model specs (lct_flax.model_specs).
-TASK_RULES = {
-    "classification": {**COMMON_RULES, **model_specs.ClassifierSpec.config_rules(),
-                       **CLASSIFICATION_RULES},
-    "detection": {**COMMON_RULES, **model_specs.DetectorSpec.config_rules(), **DETECTION_RULES}}
-# The classification rules (every config before the detection task had these).
-RULES = TASK_RULES["classification"]
-
-
-Problem = tuple[str, str]  # (key, message)
-
-
-def _problem(key: str, value: Any, allowed: str) -> Problem:
-  return key, f"config.{key}={value!r} is not allowed: it must be {allowed}."
-
 
 def _epochs_or_steps(c: Mapping[str, Any]) -> Optional[Problem]:
   if c.get("num_train_steps") == -1 and c.get("num_epochs") == 0:
-    return _problem("num_epochs", 0, "an integer >= 1 (or set num_train_steps > 0)")
+    return problem("num_epochs", 0, "an integer >= 1 (or set num_train_steps > 0)")
   return None
 
 
@@ -130,12 +99,12 @@ def _run_epochs(c: Mapping[str, Any]) -> Optional[int]:
 def _decay_inside_run(c: Mapping[str, Any]) -> Optional[Problem]:
   epochs, decays = _run_epochs(c), c.get("lr_decay_epochs")
   if decays and c.get("lr_decay_fractions"):
-    return _problem("lr_decay_epochs", decays,
-                    "() when lr_decay_fractions gives the decays (one or the other)")
+    return problem("lr_decay_epochs", decays,
+                   "() when lr_decay_fractions gives the decays (one or the other)")
   if c.get("schedule") == "step" and epochs and decays and decays[-1] >= epochs:
-    return _problem("lr_decay_epochs", decays,
-                    f"ascending epochs inside the run, each < num_epochs={epochs} (or give the "
-                    f"decays as lr_decay_fractions of the run, which shorten with it)")
+    return problem("lr_decay_epochs", decays,
+                   f"ascending epochs inside the run, each < num_epochs={epochs} (or give the "
+                   f"decays as lr_decay_fractions of the run, which shorten with it)")
   return None
 
 
@@ -146,31 +115,25 @@ def _warmup_inside_run(c: Mapping[str, Any]) -> Optional[Problem]:
   if not warmup:
     return None
   if epochs and warmup >= epochs:
-    return _problem("warmup_epochs", warmup, f"a number in [0, num_epochs={epochs})")
+    return problem("warmup_epochs", warmup, f"a number in [0, num_epochs={epochs})")
   if c.get("schedule") == "step" and decays and warmup > decays[0]:
-    return _problem("warmup_epochs", warmup,
-                    f"a number in [0, {decays[0]:g}] (the first learning-rate decay)")
-  return None
-
-
-def _resize_not_below_crop(c: Mapping[str, Any]) -> Optional[Problem]:
-  resize, size = c.get("dataset.resize_size"), c.get("dataset.image_size")
-  if resize is not None and size is not None and resize < size:
-    return _problem("dataset.resize_size", resize,
-                    f"None or an integer >= dataset.image_size={size}")
-  return None
-
-
-def _bn_groups_divide_batch(c: Mapping[str, Any]) -> Optional[Problem]:
-  group, batch = c.get("bn_group_size"), c.get("batch_size")
-  if group and batch and batch % group:
-    return _problem("bn_group_size", group, f"0 or a divisor of batch_size={batch}")
+    return problem("warmup_epochs", warmup,
+                   f"a number in [0, {decays[0]:g}] (the first learning-rate decay)")
   return None
 
 
 CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], Optional[Problem]], ...] = (
-    _epochs_or_steps, _decay_inside_run, _warmup_inside_run, _resize_not_below_crop,
-    _bn_groups_divide_batch)
+    _epochs_or_steps, _decay_inside_run, _warmup_inside_run)
+
+
+def task_rules(task: str) -> dict[str, Any]:
+  """Every key's rule in a config of `task` (one of TASK_RULES)."""
+  own = importlib.import_module(TASK_RULES[task]).RULES
+  return {"task": OneOf(tuple(TASK_RULES), required=False), **COMMON_RULES, **own}
+
+
+def task_cross_checks(task: str) -> tuple[Callable[[Mapping[str, Any]], Optional[Problem]], ...]:
+  return CROSS_CHECKS + importlib.import_module(TASK_RULES[task]).CROSS_CHECKS
 
 
 def _sections(rules: Mapping[str, Any]) -> set[str]:
@@ -191,7 +154,8 @@ def _leaves(node: Mapping[str, Any], sections: set[str],
 
 def _attention_option_problems(attention: str, options: Any) -> Iterator[Problem]:
   if not isinstance(options, Mapping):
-    yield _problem(ATTENTION_KWARGS, options, RULES[ATTENTION_KWARGS].describe())
+    yield problem(ATTENTION_KWARGS, options,
+                  model_specs.ClassifierSpec.config_rules()[ATTENTION_KWARGS].describe())
     return
   rules = blocks.get(attention).options if attention != blocks.NONE else {}
   for name, value in options.items():
@@ -202,7 +166,7 @@ def _attention_option_problems(attention: str, options: Any) -> Iterator[Problem
                   f"to switch blocks, name the block in the config argument, which brings its "
                   f"own options (--config=configs/demo.py:{attention}).")
     elif not rules[name].allows(value):
-      yield _problem(key, value, rules[name].describe())
+      yield problem(key, value, rules[name].describe())
 
 
 def _unknown_key(key: str, rules: Mapping[str, Any]) -> Problem:
@@ -213,12 +177,12 @@ def _unknown_key(key: str, rules: Mapping[str, Any]) -> Problem:
 
 def problems(config: Any) -> list[Problem]:
   """Every problem of `config` (a ConfigDict or its JSON dict), as (key, one-line message).
-  The rules are those of the config's `task` (TASK_RULES; classification when absent)."""
+  The rules are those of the config's `task` (`task_rules`; classification when absent)."""
   config = model_specs.plain(config)
-  task = config.get("task", "classification")
+  task = config.get("task", DEFAULT_TASK)
   if task not in TASK_RULES:  # the other keys' rules depend on it
-    return [_problem("task", task, COMMON_RULES["task"].describe())]
-  rules = TASK_RULES[task]
+    return [problem("task", task, OneOf(tuple(TASK_RULES)).describe())]
+  rules = task_rules(task)
   sections = _sections(rules)
   flat = dict(_leaves(config, sections))
   found = [(key, f"config has no {key!r}; every {task} config needs it (see configs/).")
@@ -226,7 +190,7 @@ def problems(config: Any) -> list[Problem]:
   valid = {}
   for key, value in flat.items():
     if key in sections:
-      found.append(_problem(key, value, "a section (a ConfigDict)"))
+      found.append(problem(key, value, "a section (a ConfigDict)"))
     elif key not in rules:
       found.append(_unknown_key(key, rules))
     elif key == ATTENTION_KWARGS:
@@ -236,8 +200,8 @@ def problems(config: Any) -> list[Problem]:
     elif rules[key].allows(value):
       valid[key] = value
     else:
-      found.append(_problem(key, value, rules[key].describe()))
-  found.extend(p for check in CROSS_CHECKS if (p := check(valid)) is not None)
+      found.append(problem(key, value, rules[key].describe()))
+  found.extend(p for check in task_cross_checks(task) if (p := check(valid)) is not None)
   return found
 
 
@@ -253,7 +217,8 @@ def validate(config: Any) -> None:
 
 def describe(key: str) -> Optional[str]:
   """What `key` allows (for messages about values that could not even be parsed)."""
-  for rules in TASK_RULES.values():
+  for task in TASK_RULES:
+    rules = task_rules(task)
     if key in rules:
       return rules[key].describe()
   prefix, _, option = key.rpartition(".")

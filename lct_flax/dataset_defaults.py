@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# The ImageNet RGB mean/std in 0..255: torchvision's (0.485, 0.456, 0.406) and (0.229, 0.224,
+# 0.225) x 255, mmdetection's img_norm_cfg; every classifier's and detector's default.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STDDEV_RGB = (58.395, 57.12, 57.375)
 
 
 def default_dataset_config(name="imagenet2012", **overrides):

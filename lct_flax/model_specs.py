@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 from lct_flax import blocks
+from lct_flax import dataset_defaults
 from lct_flax import schema_rules as rules
 from lct_flax.detection import head_registry
 
@@ -158,11 +159,14 @@ class DetectorSpec(_Spec):
   width: float = _BACKBONE["width"]()
   detector: str = _field("faster_rcnn", rules.OneOf(DETECTORS))
   convention: str = _field("mmdet_v1", rules.OneOf(CONVENTIONS))   # box arithmetic of the weights
-  fpn_channels: int = _field(256, rules.Integer(minimum=1, required=False))
-  box_head: str = _field("shared_2fc", head_registry.HeadName(head_registry.BOX, required=False))
-  fc_hidden: int = _field(1024, rules.Integer(minimum=1, required=False))
-  mask_head: str = _field("fcn", head_registry.HeadName(head_registry.MASK, required=False))
-  mask_hidden: int = _field(256, rules.Integer(minimum=1, required=False))  # mask detectors
+  fpn_channels: int = _field(head_registry.FPN_CHANNELS, rules.Integer(minimum=1, required=False))
+  box_head: str = _field(head_registry.BOX_DEFAULT,
+                         head_registry.HeadName(head_registry.BOX, required=False))
+  fc_hidden: int = _field(head_registry.FC_HIDDEN, rules.Integer(minimum=1, required=False))
+  mask_head: str = _field(head_registry.MASK_DEFAULT,
+                          head_registry.HeadName(head_registry.MASK, required=False))
+  mask_hidden: int = _field(head_registry.MASK_HIDDEN,   # mask detectors
+                            rules.Integer(minimum=1, required=False))
   rpn_proposals_train: Optional[int] = _field(None, rules.Integer(minimum=1, required=False),
                                               identity=False)
   rpn_proposals_test: Optional[int] = _field(None, rules.Integer(minimum=1, required=False),
@@ -173,10 +177,10 @@ class DetectorSpec(_Spec):
                                          identity=False)
   num_classes: int = _field(80, rules.Integer(minimum=1), config=False)
   dtype: str = _field("float32", rules.OneOf(DTYPES[:2]), config=False, identity=False)
-  pixel_mean: tuple = _field((123.675, 116.28, 103.53), rules.Numbers(rules.Real(), length=3),
-                             config=False, identity=False)
-  pixel_std: tuple = _field((58.395, 57.12, 57.375), rules.Numbers(rules.Real(), length=3),
-                            config=False, identity=False)
+  pixel_mean: tuple = _field(dataset_defaults.IMAGENET_MEAN_RGB,
+                             rules.Numbers(rules.Real(), length=3), config=False, identity=False)
+  pixel_std: tuple = _field(dataset_defaults.IMAGENET_STDDEV_RGB,
+                            rules.Numbers(rules.Real(), length=3), config=False, identity=False)
 
   kind = "detector"
   REQUIRED = ("name", "attention", "attention_kwargs", "width", "detector", "convention",

@@ -1,7 +1,8 @@
 """The kinds of config values and their allowed ranges (`Integer`, `Real`, `Flag`, `Name`,
 `OneOf`, `Numbers`, `Names`, `Integers`, `Shapes`, `Text`, `Record`): `allows(value)` and the
-`describe()` text of a refusal. Plain Python, so that the config schema and the attention blocks'
-options (`lct_flax.blocks`) are checked before JAX or TensorFlow load.
+`describe()` text of a refusal; a `Problem` is a refused key and its one-line message. Plain
+Python, so that the config schema and the attention blocks' options (`lct_flax.blocks`) are
+checked before JAX or TensorFlow load.
 """
 
 from __future__ import annotations
@@ -10,6 +11,12 @@ import dataclasses
 import math
 import numbers
 from typing import Any, Mapping, Optional
+
+Problem = tuple[str, str]  # (key, message)
+
+
+def problem(key: str, value: Any, allowed: str) -> Problem:
+  return key, f"config.{key}={value!r} is not allowed: it must be {allowed}."
 
 
 def _is_int(value: Any) -> bool:

@@ -97,15 +97,16 @@ def test_every_key_refuses_bad_values_with_one_line_naming_it(config_file):
 def test_schema_covers_every_key_and_matches_the_code():
   from lct_flax import blocks, models
   from lct_flax.tasks.classification import TASK as CLASSIFICATION
+  classification_rules = config_schema.task_rules("classification")
   for config_file in CONFIGS:
     config = load_config(config_file)
     keys = {key for key, _ in leaves(config)}
     options = {key for key in keys if key.startswith("model.attention_kwargs.")}
-    rules = config_schema.TASK_RULES[config.get("task", "classification")]
+    rules = config_schema.task_rules(config.get("task", "classification"))
     assert keys - options <= set(rules), (config_file, keys - options - set(rules))
-  assert set(config_schema.RULES["model.name"].choices) == set(models.STAGE_SIZES)
+  assert set(classification_rules["model.name"].choices) == set(models.STAGE_SIZES)
   assert set(blocks.names()) == {"none", "se", "se_norm", "lct"}
-  assert config_schema.RULES["model.attention"].allows("se_norm")
+  assert classification_rules["model.attention"].allows("se_norm")
   for name, block in blocks.BLOCKS.items():
     fields = {f.name for f in dataclasses.fields(block.module_class())} - {"parent", "name"}
     assert set(block.options) == fields, name
@@ -113,7 +114,7 @@ def test_schema_covers_every_key_and_matches_the_code():
   # check_config uses it.
   for key in ("batch_size", "num_epochs", "num_train_steps", "seed", "checkpoint_every_steps",
               "model.name", "model.attention", "dataset.name"):
-    assert config_schema.RULES[key].required
+    assert classification_rules[key].required
   config = importlib.import_module("configs.demo").get_config()
   config.batch_size = -4
   with pytest.raises(ValueError, match=r"config.batch_size=-4 is not allowed"):
@@ -195,7 +196,8 @@ def test_command_line_refusals_import_neither_jax_nor_tensorflow():
 
 def test_new_keys_and_nested_sections_are_one_rule_each(monkeypatch):
   """How the detection settings will be added: a rule per dotted key, sections follow."""
-  monkeypatch.setitem(config_schema.RULES, "detection.rpn.nms_threshold",
+  from lct_flax import classifier_rules
+  monkeypatch.setitem(classifier_rules.RULES, "detection.rpn.nms_threshold",
                       config_schema.Real(0, 1, open_low=True, required=False))
   config = importlib.import_module("configs.demo").get_config().to_dict()
   config["detection"] = {"rpn": {"nms_threshold": 0.7}}
@@ -208,6 +210,36 @@ def test_new_keys_and_nested_sections_are_one_rule_each(monkeypatch):
   config["detection"] = 3
   with pytest.raises(config_schema.ConfigError, match=r"config.detection=3 is not allowed"):
     config_schema.validate(config)
+
+
+# A test-only task's config rules (this module is its rules module).
+RULES = {"model.depth": config_schema.Integer(minimum=1)}
+CROSS_CHECKS = (lambda c: ("model.depth", "config.model.depth: odd depths only.")
+                if c.get("model.depth", 1) % 2 == 0 else None,)
+
+
+def test_a_registered_task_brings_its_own_config_rules(monkeypatch):
+  """`tasks.register` names the task's rules module; the schema reads it (and the other tasks'
+  keys stay unknown to it) without importing the task's module."""
+  from lct_flax import tasks
+  monkeypatch.setattr(tasks, "MODULES", dict(tasks.MODULES))
+  monkeypatch.setattr(config_schema, "TASK_RULES", dict(config_schema.TASK_RULES))
+  tasks.register("toy", "a_module_never_imported", rules=__name__)
+  config = importlib.import_module("configs.demo").get_config().to_dict()
+  config["task"] = "toy"
+  config["model"] = {"depth": 3}
+  found = dict(config_schema.problems(config))
+  assert "model.depth" not in found and "model.name" not in found
+  assert found["dataset.image_size"].startswith("config.dataset.image_size is not a config key")
+  config["model"]["depth"] = 4
+  assert dict(config_schema.problems(config))["model.depth"] == (
+      "config.model.depth: odd depths only.")
+  config["model"]["depth"] = 0
+  assert "an integer >= 1" in dict(config_schema.problems(config))["model.depth"]
+  config["task"] = "toys"
+  assert config_schema.problems(config) == [
+      ("task", "config.task='toys' is not allowed: it must be one of 'classification', "
+               "'detection', 'toy'.")]
 
 
 @pytest.mark.parametrize("block,options", [

@@ -63,7 +63,7 @@ def test_mask_rcnn_compiles_once_per_canvas_trains_finite_and_scores_masks(mask_
 def test_mask_head_loss_descends_on_a_batch(mask_run):
   config, _, _, task = mask_run
   assert_descends(descent(config, task, parts=("stage0_mask",), trainable=("mask_heads_0",),
-                          learning_rate=0.1, steps=30), 0.85)
+                          learning_rate=0.1, num_steps=30), 0.85)
 
 
 def test_mask_rcnn_resumes_mid_epoch_exactly(mask_run, tmp_path):

@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from lct_flax.datasets import coco_layout
 from lct_flax.detection import data
 from lct_flax.detection import detector
-from lct_flax.detection import masks
+from lct_flax.detection import mask_targets
 from lct_flax.detection import heads
 from lct_flax.detection import segmentation
 from lct_flax.detection import settings
@@ -163,7 +163,7 @@ def target_case():
 
 def test_mmdet_mask_targets_are_the_crop_resized_and_rounded(target_case):
   full, packed, rois, instance = target_case
-  ours = jitted(masks.mask_targets, size=28, mode="mmdet_v1")(
+  ours = jitted(mask_targets.mask_targets, size=28, mode="mmdet_v1")(
       packed, rois, instance, np.array([40, 60], np.int32))
   expected = np.stack([numpy_crop_and_resize(full[i], roi, 28)
                        for roi, i in zip(rois, instance)])
@@ -173,7 +173,7 @@ def test_mmdet_mask_targets_are_the_crop_resized_and_rounded(target_case):
 
 def test_torchvision_mask_targets_are_the_roi_aligned_mask(target_case):
   full, packed, rois, instance = target_case
-  ours = np.asarray(jitted(masks.mask_targets, size=28, mode="torchvision")(
+  ours = np.asarray(jitted(mask_targets.mask_targets, size=28, mode="torchvision")(
       packed, rois, instance, np.array([40, 60], np.int32)))
   image_masks = full[:, :40, :60, None].astype(np.float32)   # torchvision's: unpadded
   expected = numpy_roi_align(image_masks, rois, instance, 1.0, 28, 2, "legacy")[..., 0]

@@ -21,7 +21,7 @@ from configs.detection import shapes_demo
 from lct_flax import loop
 from lct_flax.detection import data
 from lct_flax.tasks.detection import TASK as DETECTION
-from lct_flax.detection import training
+from lct_flax.detection import steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -80,17 +80,18 @@ def train_losses(workdir):
   return scalars(workdir, "train_loss")
 
 
-def descent(config, task, *, parts, trainable, learning_rate, steps):
+def descent(config, task, *, parts, trainable, learning_rate, num_steps):
   """The sum of the detector's loss `parts` on the first training batch (one sampling key), from
-  the task's initial state, before each of `steps` plain gradient-descent steps of the parameters
-  under `trainable` (the rest held). Nothing those parameters feed decides which anchors or RoIs
-  are sampled, so the loss is a smooth function of them and each small step lowers it by far more
-  than float rounding moves it on any CPU (a whole training run, by contrast, is chaotic)."""
+  the task's initial state, before each of `num_steps` plain gradient-descent steps of the
+  parameters under `trainable` (the rest held). Nothing those parameters feed decides which
+  anchors or RoIs are sampled, so the loss is a smooth function of them and each small step lowers
+  it by far more than float rounding moves it on any CPU (a whole training run, by contrast, is
+  chaotic)."""
   model = DETECTION.create_model(config, task.identity["num_classes"])
   batch = next(iter(data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed,
       with_masks=model.settings.with_masks)))
-  batch = training.device_batch(batch, training.train_keys(model))
+  batch = steps.device_batch(batch, steps.train_keys(model))
   state = jax.device_get(task.init_state())
   held = {k: v for k, v in state.params.items() if k not in trainable}
 
@@ -103,7 +104,7 @@ def descent(config, task, *, parts, trainable, learning_rate, steps):
   loss_and_grad = jax.jit(jax.value_and_grad(loss))
   free = {k: state.params[k] for k in trainable}
   values = []
-  for _ in range(steps):
+  for _ in range(num_steps):
     value, grads = loss_and_grad(free)
     values.append(float(value))
     free = jax.tree.map(lambda p, g: p - learning_rate * g, free, grads)
@@ -149,7 +150,7 @@ def test_rpn_and_box_head_losses_descend_on_a_batch(straight, parts, trainable, 
                                                     ratio):
   config, _, _, task = straight
   assert_descends(descent(config, task, parts=parts, trainable=trainable,
-                          learning_rate=learning_rate, steps=12), ratio)
+                          learning_rate=learning_rate, num_steps=12), ratio)
 
 
 def test_resume_mid_epoch_equals_the_straight_run(straight, tmp_path):

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from lct_flax import config_schema
 from lct_flax import tasks
 from lct_flax.tasks import base
 
@@ -44,13 +45,17 @@ def imported_modules(path: str, known: set[str]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-  """Module -> the modules it imports; the registry also "imports" every registered task. A
-  module's own packages are initialised before it runs, so they are not edges."""
+  """Module -> the modules it imports; the registry also "imports" every registered task and the
+  schema every task's rules module (and their packages). A module's own packages are initialised
+  before it runs, so they are not edges."""
   files = module_files()
   graph = {module: {target for target in imported_modules(path, set(files))
                     if not (module + ".").startswith(target + ".")}  # itself, its own packages
            for module, path in files.items()}
-  graph["lct_flax.tasks"] |= set(tasks.MODULES.values())
+  for importer, imported in (("lct_flax.tasks", tasks.MODULES.values()),
+                             ("lct_flax.config_schema", config_schema.TASK_RULES.values())):
+    graph[importer] |= {".".join(name.split(".")[:k]) for name in imported
+                        for k in range(2, name.count(".") + 2)} - {importer}
   return graph
 
 

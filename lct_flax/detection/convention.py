@@ -17,7 +17,7 @@ import math
 from lct_flax.detection import anchors
 from lct_flax.detection import boxes as boxes_lib
 from lct_flax.detection import losses
-from lct_flax.detection import masks
+from lct_flax.detection import mask_targets
 from lct_flax.detection import roi_align
 from lct_flax.detection import targets
 
@@ -82,7 +82,7 @@ class Convention:
   rcnn_smooth_l1_beta: the R-CNN box loss's smooth L1 beta: 1.0 in mmdet v1's configs
     (configs/faster_rcnn_r101_fpn_1x.py), 1/9 in torchvision (roi_heads.py fastrcnn_loss).
   mask_target: how Mask R-CNN's 28x28 targets come from a positive RoI and its instance mask
-    (`masks.mask_targets`): "mmdet_v1" crops the mask with the RoI truncated to integers
+    (`mask_targets.mask_targets`): "mmdet_v1" crops the mask with the RoI truncated to integers
     (x2 - x1 + 1 pixels), resizes the crop bilinearly (cv2 INTER_LINEAR) and rounds it to 0/1
     (mmdet/core/mask/mask_target.py); "torchvision" RoIAligns the mask (aligned=False, scale 1)
     into soft targets (roi_heads.py project_masks_on_boxes), with a fixed 2x2 sampling grid per
@@ -121,7 +121,7 @@ class Convention:
         ("gt_proposals", self.gt_proposals, targets.GT_PROPOSALS),
         ("group_nms", self.group_nms, boxes_lib.GROUP_NMS),
         ("rpn_loss_normalisation", self.rpn_loss_normalisation, losses.RPN_NORMALISATIONS),
-        ("mask_target", self.mask_target, masks.MASK_TARGETS),
+        ("mask_target", self.mask_target, mask_targets.MASK_TARGETS),
         ("mask_paste", self.mask_paste, FRAMEWORKS)):
       if value not in allowed:
         raise ValueError(f"Convention.{name} {value!r} is unknown; choose one of {allowed}.")

@@ -13,9 +13,8 @@ import dataclasses
 
 from ml_collections import config_dict
 
-# mmdetection's img_norm_cfg: the ImageNet RGB mean/std in 0..255 (also the classification's).
-MEAN_RGB = (123.675, 116.28, 103.53)
-STD_RGB = (58.395, 57.12, 57.375)
+from lct_flax import dataset_defaults
+
 DATASETS = ("coco_instances/2017", "coco_instances/shapes")
 
 
@@ -86,8 +85,8 @@ def default_dataset_config(name: str = "coco_instances/2017", **overrides
       "max_instances": 128,
       "min_image_size": 32,
       "box_convention": "mmdet_v1",
-      "mean": MEAN_RGB,
-      "std": STD_RGB,
+      "mean": dataset_defaults.IMAGENET_MEAN_RGB,
+      "std": dataset_defaults.IMAGENET_STDDEV_RGB,
   })
   config.update(overrides)
   return config

@@ -107,7 +107,8 @@ class TwoStageDetector(nn.Module):
 
 
 def assemble(backbone: models.ResNet, settings: DetectorSettings, *,
-             box_head: str = "shared_2fc", mask_head: str = "fcn",
+             box_head: str = head_registry.BOX_DEFAULT,
+             mask_head: str = head_registry.MASK_DEFAULT,
              dtype: Any = jnp.float32) -> TwoStageDetector:
   """The detector `settings` describe on `backbone`: an FPN, the RPN and one registered
   `box_head` per stage (and `mask_head` with `settings.with_masks`)."""
@@ -130,8 +131,9 @@ def create_detector(backbone_name: str, *, num_classes: int, attention: Optional
                     cascade: bool = False, masks: bool = False,
                     convention: Optional[Convention] = None,
                     dtype: Any = jnp.float32, frozen_stages: int = 1, norm_eval: bool = True,
-                    frozen_bn: bool = False, width: float = 1.0, box_head: str = "shared_2fc",
-                    mask_head: str = "fcn", **overrides) -> TwoStageDetector:
+                    frozen_bn: bool = False, width: float = 1.0,
+                    box_head: str = head_registry.BOX_DEFAULT,
+                    mask_head: str = head_registry.MASK_DEFAULT, **overrides) -> TwoStageDetector:
   """Faster R-CNN (or Cascade R-CNN with `cascade`; their Mask R-CNN versions with `masks`) with
   an FPN on `backbone_name` (resnet18..152) with `attention`, and the registered `box_head` and
   `mask_head`. The paper's fine-tuning (mmdetection v1's ResNet defaults) freezes the stem and

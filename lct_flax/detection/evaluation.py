@@ -3,7 +3,7 @@ the periodic evaluation of training (`detection.task`) and of exports (`python -
 --export=...`).
 
 Eval batches (`data.create_eval_iterator`: every image once across processes, padding masked)
-are detected by the compiled `training.detect_step` (one program per canvas), each process's
+are detected by the compiled `steps.detect_step` (one program per canvas), each process's
 detections are collected with their image ids and scales (masks pasted into the original images
 and RLE-encoded on the host), and `coco_eval.CocoEvaluator` gathers them on process 0, writes the
 COCO results JSONs and runs COCOeval bbox (and segm).
@@ -22,11 +22,11 @@ import ml_collections
 import numpy as np
 
 from lct_flax import parallel
-from lct_flax.detection import training
+from lct_flax.detection import steps
 
 
 def compile_detect_step(model: Any, mesh: Any) -> Callable:
-  return jax.jit(functools.partial(training.detect_step, model=model),
+  return jax.jit(functools.partial(steps.detect_step, model=model),
                  in_shardings=(parallel.replicated_sharding(mesh),
                                parallel.batch_sharding(mesh)),
                  out_shardings=parallel.batch_sharding(mesh))
@@ -47,7 +47,7 @@ def coco_evaluate(dataset_config: ml_collections.ConfigDict, variables: dict, de
   candidates = []
   for batch in data.create_eval_iterator(dataset_config, global_batch_size=global_batch_size):
     device = jax.tree.map(lambda x: jax.make_array_from_process_local_data(data_sharding, x),
-                          training.device_batch(batch, training.EVAL_KEYS))
+                          steps.device_batch(batch, steps.EVAL_KEYS))
     detections = parallel.host_local(detect_step(variables, device), mesh)
     candidates.append(np.asarray(detections["num_candidates"])[np.asarray(batch["mask"], bool)])
     evaluator.add(batch, detections)

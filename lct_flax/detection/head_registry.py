@@ -20,6 +20,11 @@ from typing import Any, Callable, Union
 
 BOX, MASK = "box", "mask"
 ROLES = (BOX, MASK)
+# The paper's (mmdetection v1.0's) heads and widths: the FPN's channels, the box head's hidden
+# layers and the mask head's convolutions; `model_specs.DetectorSpec`'s and
+# `settings.DetectorSettings`' defaults.
+BOX_DEFAULT, MASK_DEFAULT = "shared_2fc", "fcn"
+FPN_CHANNELS, FC_HIDDEN, MASK_HIDDEN = 256, 1024, 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,5 +77,5 @@ class HeadName:
     return "one of " + ", ".join(repr(name) for name in names(self.role))
 
 
-register(Head(name="shared_2fc", role=BOX, module="lct_flax.detection.heads:BoxHead"))
-register(Head(name="fcn", role=MASK, module="lct_flax.detection.heads:MaskHead"))
+register(Head(name=BOX_DEFAULT, role=BOX, module="lct_flax.detection.heads:BoxHead"))
+register(Head(name=MASK_DEFAULT, role=MASK, module="lct_flax.detection.heads:MaskHead"))

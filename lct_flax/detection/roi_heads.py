@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from lct_flax.detection import boxes as boxes_lib
 from lct_flax.detection import losses as losses_lib
-from lct_flax.detection import masks as masks_lib
+from lct_flax.detection import mask_targets as mask_targets_lib
 from lct_flax.detection import postprocess
 from lct_flax.detection import roi_align
 from lct_flax.detection import targets as targets_lib
@@ -174,14 +174,14 @@ class RoIHeads(nn.Module):
                 stage_targets: targets_lib.RCNNTargets, masks: jax.Array,
                 image_shape: jax.Array) -> jax.Array:
     """Stage `index`'s mask loss (mmdet v1 FCNMaskHead.loss): binary cross-entropy of the gt
-    class's 28x28 logits against `masks.mask_targets` of the positive sampled RoIs (gt boxes
+    class's 28x28 logits against `mask_targets.mask_targets` of the positive sampled RoIs (gt boxes
     added as proposals included), averaged over their pixels."""
     s = self.settings
     rois = stage_targets.rois[:, :s.mask_positives]
     labels = stage_targets.labels[:, :s.mask_positives]
     positive = stage_targets.valid[:, :s.mask_positives] & (labels > 0)
     mask_targets = jax.vmap(functools.partial(
-        masks_lib.mask_targets, size=s.mask_size, mode=s.convention.mask_target))(
+        mask_targets_lib.mask_targets, size=s.mask_size, mode=s.convention.mask_target))(
             masks, rois, stage_targets.matched_gt[:, :s.mask_positives], image_shape)
     return losses_lib.mask_loss(self.mask_stage(index, features, rois), mask_targets, labels,
                                 positive.astype(jnp.float32))

@@ -9,8 +9,8 @@ flipped with the image (``mask[:, ::-1]``), placed at the top-left of the canvas
 mmdetection's Pad) and packed eight pixels to a byte along the width (np.packbits). A batch holds
 B x max_instances x Hc x ceil(Wc / 8) bytes: 17.2 MB per 800x1344 COCO canvas at
 max_instances=128 (69 MB per 4-image step), 40 KB per 128x160 shapes canvas at 16. The device
-samples them at the positive RoIs (`masks.mask_targets`). Crowd instances get no mask (never
-matched; mmdetection loads no crowd masks).
+samples them at the positive RoIs (`mask_targets.mask_targets`). Crowd instances get no mask
+(never matched; mmdetection loads no crowd masks).
 
 Results (`paste_masks`, `encode`): a detection's m x m probabilities (its class's channel, 28 x 28)
 are resized bilinearly into its box in the image, as `Convention.mask_paste` says, binarised at

@@ -7,12 +7,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from lct_flax import dataset_defaults
 from lct_flax.detection import anchors as anchors_lib
+from lct_flax.detection import head_registry
 from lct_flax.detection import roi_align
 from lct_flax.detection.convention import Convention
-
-IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +69,13 @@ class DetectorSettings:
   nms_threshold: float = 0.5
   max_detections: int = 100
   max_candidates: int = 2000
-  pixel_mean: tuple = IMAGENET_MEAN_RGB
-  pixel_std: tuple = IMAGENET_STD_RGB
+  pixel_mean: tuple = dataset_defaults.IMAGENET_MEAN_RGB
+  pixel_std: tuple = dataset_defaults.IMAGENET_STDDEV_RGB
   roi_chunk: Optional[int] = roi_align.DEFAULT_CHUNK
-  fpn_channels: int = 256        # smaller for tiny test and demo detectors
-  fc_hidden: int = 1024
+  fpn_channels: int = head_registry.FPN_CHANNELS    # smaller for tiny test and demo detectors
+  fc_hidden: int = head_registry.FC_HIDDEN
   with_masks: bool = False
-  mask_hidden: int = 256
+  mask_hidden: int = head_registry.MASK_HIDDEN
   mask_roi_size: int = 14
 
   @property

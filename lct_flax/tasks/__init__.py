@@ -4,7 +4,8 @@
 A config names its task in `config.task` (absent: classification), an export in `model.task`
 (absent: classification). Modules are imported when first asked for, so that naming a task loads
 neither JAX nor TensorFlow. A new task is one module with `TASK = MyTask()` and one `register`
-call (or one line in MODULES); nothing else in the package branches on the task.
+call, which also names the plain-Python module of its config keys' rules (`config_schema`);
+nothing else in the package branches on the task.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ MODULES = {"classification": "lct_flax.tasks.classification",
            "detection": "lct_flax.tasks.detection"}
 
 
-def register(name: str, module: str) -> None:
-  """Adds (or replaces) the task `name`, implemented by `module`'s `TASK`."""
+def register(name: str, module: str, rules: str) -> None:
+  """Adds (or replaces) the task `name`, implemented by `module`'s `TASK`; `rules` is the module
+  of its config keys' `RULES` and `CROSS_CHECKS`, read before JAX loads (`module` itself when it
+  imports no JAX at load)."""
+  from lct_flax import config_schema
   MODULES[name] = module
+  config_schema.TASK_RULES[name] = rules
 
 
 def get(name: str) -> Any:

@@ -16,6 +16,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
+from lct_flax import config_schema
+
 if TYPE_CHECKING:  # JAX, flax and TensorFlow load where a task is used, not where it is named
   import flax.linen as nn
   import ml_collections
@@ -57,9 +59,10 @@ class Task(abc.ABC):
 
   # -- the model of a training config ----------------------------------------------------------
 
-  @abc.abstractmethod
   def check_config(self, config: ml_collections.ConfigDict) -> None:
-    """Refuses, with one `ConfigError` line, a config this task cannot run."""
+    """Refuses, with one `ConfigError` line, a config this task cannot run: the schema's rules,
+    the task's own keys and checks among them (`config_schema.TASK_RULES`)."""
+    config_schema.validate(config)
 
   @abc.abstractmethod
   def create_model(self, config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:

@@ -20,7 +20,6 @@ import ml_collections
 
 from lct_flax import classifier_evaluation
 from lct_flax import classifier_steps
-from lct_flax import config_schema
 from lct_flax import dataset_defaults
 from lct_flax import freezing
 from lct_flax import loop
@@ -39,9 +38,6 @@ class Classification(base.Task):
   planned_classes = {"imagenet2012": 1000, "sklearn_digits": 10}
   # bench/RESULTS.md, input pipeline, "ours, train": bench/input_pipeline.py on a 2-core AMD EPYC.
   input_cpu_ms_per_image = 2.38
-
-  def check_config(self, config):
-    config_schema.validate(config)
 
   def create_model(self, config, num_classes):
     frozen_stages, frozen_bn = base.frozen(config)

@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from lct_flax import config_schema
 from lct_flax import freezing
 from lct_flax import loop
 from lct_flax import model_specs
 from lct_flax import train_state
 from lct_flax.detection import evaluation
-from lct_flax.detection import training
+from lct_flax.detection import head_registry
+from lct_flax.detection import steps
 from lct_flax.tasks import base
 
 class Detection(base.Task):
@@ -34,18 +34,10 @@ class Detection(base.Task):
   spec = model_specs.DetectorSpec
   pretrained_path = ("backbone",)
   identity_defaults = {"frozen_stages": -1, "frozen_bn": False, "model.convention": "mmdet_v1",
-                       "model.box_head": "shared_2fc", "model.mask_head": "fcn"}
+                       "model.box_head": head_registry.BOX_DEFAULT,
+                       "model.mask_head": head_registry.MASK_DEFAULT}
   # len(coco_layout.COCO_CATEGORIES), len(coco_layout.SHAPES_CATEGORIES) (which import tfds)
   planned_classes = {"coco_instances/2017": 80, "coco_instances/shapes": 4}
-
-  def check_config(self, config):
-    """The schema, and the one rule across sections: the data's box convention is the model's."""
-    config_schema.validate(config)
-    data_convention = config.dataset.get("box_convention", "mmdet_v1")
-    if data_convention != config.model.convention:
-      raise config_schema.ConfigError(
-          f"config.dataset.box_convention={data_convention!r} differs from "
-          f"config.model.convention={config.model.convention!r}; set both to the same value.")
 
   def create_model(self, config, num_classes):
     frozen_stages, frozen_bn = base.frozen(config)
@@ -75,7 +67,7 @@ class Detection(base.Task):
             data.steps_per_epoch(config.dataset, config.batch_size))
 
   def loss_fn(self, experiment):
-    return functools.partial(training.loss, model=experiment.model)
+    return functools.partial(steps.loss, model=experiment.model)
 
   def abstract_batches(self, config, global_batch):
     """`detection.data`'s batch fields on the largest canvas, `dataset.max_instances` instances
@@ -86,12 +78,12 @@ class Detection(base.Task):
               "boxes": ((b, m, 4), jnp.float32), "labels": ((b, m), jnp.int32),
               "valid": ((b, m), jnp.bool_), "masks": ((b, m, canvas[0], canvas[1] // 8), jnp.uint8)}
     with_masks = self.spec.from_config(config, num_classes=1).with_masks
-    keys = training.MASK_TRAIN_KEYS if with_masks else training.TRAIN_KEYS
+    keys = steps.MASK_TRAIN_KEYS if with_masks else steps.TRAIN_KEYS
     batch = lambda names: {k: jax.ShapeDtypeStruct(*fields[k]) for k in names}
-    return batch(keys), batch(training.EVAL_KEYS)
+    return batch(keys), batch(steps.EVAL_KEYS)
 
   def compile_eval_step(self, experiment):
-    """`detection.training.detect_step`: the batch's detections, sharded as the batch."""
+    """`detection.steps.detect_step`: the batch's detections, sharded as the batch."""
     return evaluation.compile_detect_step(experiment.model, experiment.mesh)
 
   def training(self, config: ml_collections.ConfigDict, workdir: str) -> loop.Training:
@@ -104,13 +96,13 @@ class Detection(base.Task):
     model, mesh = experiment.model, experiment.mesh
     p_detect_step = self.compile_eval_step(experiment)
     with_masks = model.settings.with_masks
-    train_keys = training.train_keys(model)
+    train_keys = steps.train_keys(model)
 
     def train_batches(start_step: int):
       batches = data.create_train_iterator(config.dataset, global_batch_size=config.batch_size,
                                            seed=config.seed, start_step=start_step,
                                            with_masks=with_masks)
-      return (training.device_batch(batch, train_keys) for batch in batches)
+      return (steps.device_batch(batch, train_keys) for batch in batches)
 
     def evaluate(state: train_state.TrainState) -> dict:
       metrics = evaluation.coco_evaluate(
