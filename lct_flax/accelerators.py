@@ -95,9 +95,10 @@ def check_devices(target: Target, devices: Optional[int]) -> int:
 
 
 # Slice shapes by chip count: v5e and v6e are 2-D meshes, v4 and v5p 3-D tori (Cloud TPU's).
-SLICES_2D = {8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-SLICES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
-             256: "4x8x8", 512: "8x8x8"}
+# One chip (the plan's one-device comparison) is a slice of its own.
+SLICES_2D = {1: "1x1", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+SLICES_3D = {1: "1x1x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
+             128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
 
 
 def tpu_topology(target: Target, devices: int) -> tuple[str, tuple[int, int, int], str]:
@@ -106,11 +107,11 @@ def tpu_topology(target: Target, devices: int) -> tuple[str, tuple[int, int, int
   three_d = target.chip in ("v4", "v5p")
   slices = SLICES_3D if three_d else SLICES_2D
   if devices not in slices:
+    hosts = [size for size in sorted(slices) if size % target.per_host == 0]
     raise TargetError(f"--devices={devices}: no {target.name} slice of that size here; choose "
-                      f"one of {sorted(slices)}.")
-  if three_d:
-    return f"{target.chip}:{slices[devices]}", (2, 2, 1), "megacore"
-  return f"{target.chip}:{slices[devices]}", (2, 4, 1), "default"
+                      f"one of {hosts}.")
+  host = (1, 1, 1) if devices == 1 else (2, 2, 1) if three_d else (2, 4, 1)
+  return f"{target.chip}:{slices[devices]}", host, "megacore" if three_d else "default"
 
 
 def gpu_target_config(target: Target) -> str:

@@ -53,13 +53,16 @@ def normalize_groups(z: jax.Array, groups: int, epsilon: float) -> jax.Array:
   """Eqs. (2)-(3): normalise the pooled context z of shape (N, C) within G contiguous groups.
 
   Group i holds channels [i*m, (i+1)*m) with m = C/G; its mean and biased variance are taken over
-  those m values and epsilon sits inside the square root. Computed in float32.
+  those m values and epsilon sits inside the square root. Computed in float32. The result passes
+  an optimization barrier, which changes no value: without it XLA's GPU fusion pass tries to fuse
+  these small (N, C) reductions into the activations' passes around them, which takes it most
+  of a ResNet's compile and leaves more kernels, not fewer (bench/RESULTS.md, LCT on the targets).
   """
   n, c = z.shape
   v = z.astype(jnp.float32).reshape(n, groups, c // groups)
   mu = jnp.mean(v, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(v - mu), axis=-1, keepdims=True)
-  return ((v - mu) * jax.lax.rsqrt(var + epsilon)).reshape(n, c)
+  return jax.lax.optimization_barrier(((v - mu) * jax.lax.rsqrt(var + epsilon)).reshape(n, c))
 
 
 def _constant(value: float) -> Callable[..., jax.Array]:

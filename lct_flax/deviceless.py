@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 
@@ -115,10 +115,11 @@ def compile_step(jitted: Any, args: tuple, *, kind: str, devices: int) -> StepRe
       kernels=program.kernels, collectives=dict(program.collectives), compile_seconds=seconds)
 
 
-def compile_steps(task: Any, config: Any, mesh: Any, *, num_classes: int,
-                  kind: str) -> tuple[StepReport, StepReport, int]:
-  """(train step, eval step, state bytes per device) of `config` compiled over `mesh`;
-  DoesNotFit (with the state's bytes) when the compiler refuses the train step."""
+def compile_steps(task: Any, config: Any, mesh: Any, *, num_classes: int, kind: str,
+                  with_eval: bool = True) -> tuple[StepReport, Optional[StepReport], int]:
+  """(train step, eval step (None without `with_eval`), state bytes per device) of `config`
+  compiled over `mesh`; DoesNotFit (with the state's bytes) when the compiler refuses the train
+  step."""
   experiment = task.build_experiment(config, num_classes=num_classes, steps_per_epoch=1,
                                      mesh=mesh)
   state = experiment.abstract_state()
@@ -132,6 +133,8 @@ def compile_steps(task: Any, config: Any, mesh: Any, *, num_classes: int,
   except DoesNotFit as refusal:
     refusal.state_bytes = state_bytes
     raise
+  if not with_eval:
+    return train, None, state_bytes
   evaluation = compile_step(task.compile_eval_step(experiment),
                             (state.variables, _sharded(eval_batch, batch)), kind=kind,
                             devices=devices)

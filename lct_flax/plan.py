@@ -1,5 +1,5 @@
 """Before you rent hardware: `python -m lct_flax.plan --config=CONFIG --target=NAME [--devices=N]
-[--json] [--config.KEY=VALUE ...]` compiles a run's real train and eval steps for GPUs or TPUs
+[--json] [--scaling] [--config.KEY=VALUE ...]` compiles a run's real train and eval steps for GPUs or TPUs
 that this machine does not have, and says per device whether the step fits, how fast it can go,
 and what it needs from the host.
 
@@ -12,9 +12,12 @@ FLOPs per example, and whether the compiler rematerialised to fit (compiled FLOP
 unoptimised count; TPU only, the GPU compiler does not); HBM bytes; kernels; the collectives
 (BatchNorm statistics and gradient all-reduces); a roofline estimate of the step time (the larger
 of FLOPs / peak and bytes / bandwidth) and images/s; the host CPU cores the input pipeline
-needs at that rate (where the task has measured its CPU time per image: classification). Exit
-codes: 0 fits, 3 does not fit (with the largest per-device batch that would, estimated linearly
-from this compile), 1 / 2 a bad command (one `error:` line, before any compile).
+needs at that rate (where the task has measured its CPU time per image: classification). With
+`--scaling`, the train step is compiled again for one device at the same per-device batch: data
+parallelism divides the work when each device's FLOPs and HBM bytes are that device's (within
+`SCALING_TOLERANCE`; `divides_work` in the JSON). Exit codes: 0 fits, 3 does not fit (with the
+largest per-device batch that would, estimated linearly from this compile), 1 / 2 a bad command
+(one `error:` line, before any compile).
 
 The compile-only packages (requirements-plan.txt, `bash scripts/setup.sh --plan`) are put on the
 path here, and only here: JAX runs on the CPU (JAX_PLATFORMS=cpu).
@@ -45,6 +48,9 @@ DOES_NOT_FIT = 3
 # may use (XLA rematerialises only then).
 EXTRA_FLOPS_TOLERANCE = 0.2
 REMAT_PRESSURE = 0.9
+# Data parallelism divides the work when each device's FLOPs and HBM bytes are one device's at the
+# same per-device batch, within this fraction (the gradient all-reduce adds a little traffic).
+SCALING_TOLERANCE = 0.05
 
 FLAGS = flags.FLAGS
 
@@ -84,6 +90,11 @@ class Plan:
   est_images_per_second: Optional[float] = None
   input_cores_per_host: Optional[float] = None
   compile_seconds: Optional[float] = None
+  # With --scaling: one device's train step at the same per-device batch, and whether each of
+  # `devices` does that much work and no more (FLOPs compared on TPUs, where they are compiled).
+  one_device_flops_per_example: Optional[float] = None
+  one_device_bytes: Optional[float] = None
+  divides_work: Optional[bool] = None
 
   @property
   def needed_bytes(self) -> int:
@@ -107,9 +118,9 @@ def use_compile_packages() -> None:
 
 
 def plan(config: Any, config_name: str, target: accelerators.Target, devices: int, *,
-         num_classes: Optional[int] = None) -> Plan:
+         num_classes: Optional[int] = None, scaling: bool = False) -> Plan:
   """Compiles `config`'s steps for `devices` x `target` and reports them (the experiment checks
-  the config)."""
+  the config); with `scaling`, also the train step on one device at the same per-device batch."""
   from lct_flax import deviceless
   from lct_flax import parallel
   task = tasks.of_config(config)
@@ -130,7 +141,27 @@ def plan(config: Any, config_name: str, target: accelerators.Target, devices: in
                                                               kind=target.kind)
   except deviceless.DoesNotFit as refusal:
     return _refused(basics, refusal)
-  return _report(basics, config, task, target, train, evaluation, state_bytes)
+  report = _report(basics, config, task, target, train, evaluation, state_bytes)
+  if not scaling:
+    return report
+  return dataclasses.replace(report, **_one_device(task, config, target, num_classes, report))
+
+
+def _one_device(task: Any, config: Any, target: accelerators.Target, num_classes: int,
+                report: Plan) -> dict:
+  """The --scaling fields: `report`'s per-device work against one device's at its batch."""
+  from lct_flax import deviceless
+  single = config.copy_and_resolve_references()
+  single.batch_size = report.per_device_batch
+  one, _, _ = deviceless.compile_steps(task, single, deviceless.target_mesh(target, 1),
+                                       num_classes=num_classes, kind=target.kind,
+                                       with_eval=False)
+  close = lambda mine, theirs: abs(mine / theirs - 1) <= SCALING_TOLERANCE
+  flops = one.flops / report.per_device_batch
+  divides = close(report.bytes_per_device, one.hbm_bytes) and (
+      target.kind != accelerators.TPU or close(report.flops_per_example, flops))
+  return dict(one_device_flops_per_example=flops, one_device_bytes=one.hbm_bytes,
+              divides_work=divides)
 
 
 def _largest_batch(per_device: int, state_bytes: float, step_bytes: float,
@@ -208,6 +239,11 @@ def describe(p: Plan) -> str:
   if p.input_cores_per_host is not None:
     lines.append(f"  input pipeline: {p.input_cores_per_host:.1f} host CPU cores per host at that "
                  f"rate (at this machine's CPU ms per image)")
+  if p.divides_work is not None:
+    lines.append(f"  data parallelism: per device {p.bytes_per_device / p.one_device_bytes:.3f}x "
+                 f"the HBM bytes and {p.flops_per_example / p.one_device_flops_per_example:.3f}x "
+                 f"the FLOPs of one device at {p.per_device_batch} per device: "
+                 + ("divides the work" if p.divides_work else "does NOT divide the work"))
   lines.append(f"  compile: {p.compile_seconds:.1f} s")
   return "\n".join(lines)
 
@@ -224,6 +260,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("devices", None, "Devices to compile for (default: one host's).")
   flags.DEFINE_integer("num_classes", None, "Classes, where the dataset's are not known here.")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+  flags.DEFINE_bool("scaling", False, "Also compile one device's train step at the same "
+                    "per-device batch, and say whether data parallelism divides the work.")
   flags.mark_flags_as_required(["config", "target"])
 
 
@@ -235,7 +273,7 @@ def main(argv):
   config_schema.validate(FLAGS.config)   # a task's own checks import JAX: in the experiment
   use_compile_packages()
   result = plan(FLAGS.config, config_flags.get_config_filename(FLAGS["config"]), target, devices,
-                num_classes=FLAGS.num_classes)
+                num_classes=FLAGS.num_classes, scaling=FLAGS.scaling)
   print(json.dumps(dataclasses.asdict(result)) if FLAGS.json else describe(result))
   if not result.fits:
     print(f"error: the step needs {result.needed_bytes / 2**30:.2f} GiB per device, "

@@ -168,22 +168,22 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes: jax.Array, *,
   """Multi-scale RoIAlign over FPN levels (mmdet v1 SingleRoIExtractor, torchvision
   MultiScaleRoIAlign): features[l] (N, H_l, W_l, C) of stride strides[l] (P2-P5: 4..32),
   boxes (N, R, 4) per image. Each RoI pools from the level `map_roi_levels` gives it, at
-  spatial scale 1 / stride. Returns (N, R, output_size, output_size, C)."""
+  spatial scale 1 / stride. Returns (N, R, output_size, output_size, C).
+
+  Each image's RoIs read only that image's maps (`jax.vmap` over the batch), so a batch sharded
+  over devices pools on each device only the RoIs of its own images."""
   _check(output_size, sampling_ratio, chunk)
   if len(features) != len(strides):
     raise ValueError(f"{len(features)} feature maps but {len(strides)} strides.")
-  n, r = boxes.shape[:2]
+  n = boxes.shape[0]
   c = features[0].shape[-1]
   sizes = [f.shape[1] * f.shape[2] for f in features]
-  per_image = sum(sizes)
-  flat = jnp.concatenate([f.reshape(n, -1, c) for f in features], axis=1).reshape(-1, c)
-  levels = map_roi_levels(boxes, strides, level_mapping).reshape(-1)
+  flat = jnp.concatenate([f.reshape(n, -1, c) for f in features], axis=1)
+  levels = map_roi_levels(boxes, strides, level_mapping)
   level_base = jnp.asarray(np.cumsum([0] + sizes[:-1]), jnp.int32)[levels]
-  image_base = jnp.repeat(jnp.arange(n, dtype=jnp.int32) * per_image, r)
   heights = jnp.asarray([f.shape[1] for f in features], jnp.int32)[levels]
   widths = jnp.asarray([f.shape[2] for f in features], jnp.int32)[levels]
   scales = jnp.asarray([1.0 / s for s in strides], jnp.float32)[levels]
-  start, size = roi_extent(boxes.reshape(-1, 4), scales[:, None], mode)
-  pooled = _pool(flat, image_base + level_base, heights, widths, start, size, output_size,
-                 sampling_ratio, chunk)
-  return pooled.reshape(n, r, output_size, output_size, c)
+  start, size = jax.vmap(roi_extent, in_axes=(0, 0, None))(boxes, scales[..., None], mode)
+  pool_image = lambda *image: _pool(*image, output_size, sampling_ratio, chunk)
+  return jax.vmap(pool_image)(flat, level_base, heights, widths, start, size)
