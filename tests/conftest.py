@@ -17,20 +17,27 @@ except ImportError:
 from lct_flax import input_pipeline  # noqa: E402  (imports TensorFlow)
 from lct_flax.datasets import fake_ilsvrc
 
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="lct-flax-test-jax-cache-")
+# Set by the process that made the cache; the xdist workers and the training processes that the
+# tests start inherit it.
+_CACHE_VARIABLE = "LCT_FLAX_TEST_JAX_CACHE"
 
 
 def pytest_configure(config):
-  """One persistent JAX compilation cache for the whole run, empty at the start: the test process
-  and every training process it starts (they inherit the environment) compile a given program
-  once, and each later process that runs it (a resumed or restarted run) loads it instead of
-  compiling it again."""
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
-  jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+  """One persistent JAX compilation cache for the whole run, empty at the start and shared by
+  both xdist workers: the test processes and every training process they start (they inherit
+  the environment) compile a given program once, and each later process that runs it (another
+  test's run of the same config, a resumed or restarted run) loads it instead of compiling it
+  again. The process that made it removes it at the end."""
+  if _CACHE_VARIABLE not in os.environ:
+    os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="lct-flax-test-jax-cache-")
+    config.made_compilation_cache = True
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_VARIABLE]
+  jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
 
 
 def pytest_unconfigure(config):
-  shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+  if getattr(config, "made_compilation_cache", False):
+    shutil.rmtree(os.environ.pop(_CACHE_VARIABLE), ignore_errors=True)
 
 
 # The test files that take longest (pytest --durations on a 2-core CPU: about 400 s down to 50 s),
