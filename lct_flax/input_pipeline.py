@@ -57,6 +57,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lct_flax import datasets as _datasets  # noqa: F401  (registers sklearn_digits with tfds)
+from lct_flax import parallel
 from lct_flax import resampling
 from lct_flax import tfds_preparation
 # Defined without TensorFlow (configs and command-line checks use them); re-exported here.
@@ -139,21 +140,6 @@ def _count(process_count):
   return jax.process_count() if process_count is None else process_count
 
 
-def _process(process_index, process_count):
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = _count(process_count)
-  if not 0 <= process_index < process_count:
-    raise DatasetError(f"process_index={process_index} not in [0, {process_count}).")
-  return process_index, process_count
-
-
-def _local_batch_size(global_batch_size, process_count):
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise DatasetError(f"Global batch size {global_batch_size} is not a positive multiple of the "
-                       f"process count {process_count}.")
-  return global_batch_size // process_count
-
-
 # ---------------------------------------------------------------------------------------------
 # Builders and preparation.
 
@@ -233,7 +219,7 @@ def steps_per_epoch(dataset_config, global_batch_size, process_count=None):
   """Train steps per epoch: the smallest process share // local batch (same on every process)."""
   settings = _settings(dataset_config)
   process_count = _count(process_count)
-  local_batch = _local_batch_size(global_batch_size, process_count)
+  local_batch = parallel.local_batch_size(global_batch_size, process_count, error=DatasetError)
   return _steps_per_epoch(_prepared_builder(settings), settings, local_batch, process_count)
 
 
@@ -245,7 +231,7 @@ def num_eval_batches(dataset_config, global_batch_size, process_count=None):
   """Batches ``create_eval_iterator`` yields on every process (the largest share, padded)."""
   settings = _settings(dataset_config)
   process_count = _count(process_count)
-  local_batch = _local_batch_size(global_batch_size, process_count)
+  local_batch = parallel.local_batch_size(global_batch_size, process_count, error=DatasetError)
   return _num_eval_batches(_prepared_builder(settings), settings, local_batch, process_count)
 
 
@@ -507,8 +493,9 @@ def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step
   undecodable images so far.
   """
   settings = _settings(dataset_config)
-  process_index, process_count = _process(process_index, process_count)
-  local_batch = _local_batch_size(global_batch_size, process_count)
+  process_index, process_count = parallel.process_of(process_index, process_count,
+                                                     error=DatasetError)
+  local_batch = parallel.local_batch_size(global_batch_size, process_count, error=DatasetError)
   if seed < 0 or start_step < 0:
     raise DatasetError(f"seed ({seed}) and start_step ({start_step}) must be non-negative.")
   builder = _prepared_builder(settings)
@@ -569,8 +556,9 @@ def create_eval_iterator(dataset_config, *, global_batch_size, process_index=Non
   so no communication is needed. ``num_skipped`` counts undecodable images.
   """
   settings = _settings(dataset_config)
-  process_index, process_count = _process(process_index, process_count)
-  local_batch = _local_batch_size(global_batch_size, process_count)
+  process_index, process_count = parallel.process_of(process_index, process_count,
+                                                     error=DatasetError)
+  local_batch = parallel.local_batch_size(global_batch_size, process_count, error=DatasetError)
   builder = _prepared_builder(settings)
   share = _process_splits(settings.eval_split, process_count)[process_index]
   ds = _eval_dataset(

@@ -69,6 +69,27 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def process_of(process_index: Optional[int] = None, process_count: Optional[int] = None, *,
+               error: type = ValueError) -> tuple[int, int]:
+  """(index, count) of the process among those that feed a global batch: JAX's own unless
+  given; the caller's `error` (its one-line error type) for an index outside the count."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise error(f"process_index={process_index} not in [0, {process_count}).")
+  return process_index, process_count
+
+
+def local_batch_size(global_batch_size: int, process_count: int, *,
+                     error: type = ValueError) -> int:
+  """Each process's share of a global batch; the caller's `error` unless the global batch is a
+  positive multiple of the process count."""
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise error(f"Global batch size {global_batch_size} is not a positive multiple of the "
+                f"process count {process_count}.")
+  return global_batch_size // process_count
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   """Refuses a global batch that does not split evenly over the mesh's devices."""
   n = mesh.devices.size

@@ -63,12 +63,12 @@ if __name__ == "__main__":   # run as a command: TensorFlow's import banners kep
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lct_flax import input_pipeline  # noqa: F401  (keeps TensorFlow off the accelerators)
+from lct_flax import parallel
 from lct_flax import tfds_preparation
 from lct_flax.datasets import coco_instances
 from lct_flax.datasets import coco_layout
@@ -260,25 +260,10 @@ def _eval_layout(index, settings):
                  f"{settings.name}:{settings.eval_split}")
 
 
-def _process(process_index, process_count):
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise DetectionDataError(f"process_index={process_index} not in [0, {process_count}).")
-  return process_index, process_count
-
-
-def _check_batch_size(global_batch_size, process_count):
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise DetectionDataError(f"Global batch size {global_batch_size} is not a positive multiple "
-                             f"of the process count {process_count}.")
-  return global_batch_size // process_count
-
-
 def steps_per_epoch(dataset_config, global_batch_size: int) -> int:
   """Train steps per epoch (the same on every process; independent of the process count)."""
   settings = data_config.settings(dataset_config)
-  _check_batch_size(global_batch_size, 1)
+  parallel.local_batch_size(global_batch_size, 1, error=DetectionDataError)
   layout = _train_layout(_split_index(_prepared_builder(settings), settings.train_split),
                          settings)
   return sampler.steps_per_epoch(layout.canvas, len(settings.canvases), global_batch_size)
@@ -287,7 +272,8 @@ def steps_per_epoch(dataset_config, global_batch_size: int) -> int:
 def num_eval_batches(dataset_config, global_batch_size: int, process_count=None) -> int:
   """Batches ``create_eval_iterator`` yields on every process."""
   settings = data_config.settings(dataset_config)
-  _check_batch_size(global_batch_size, _process(None, process_count)[1])
+  _, process_count = parallel.process_of(None, process_count, error=DetectionDataError)
+  parallel.local_batch_size(global_batch_size, process_count, error=DetectionDataError)
   layout = _eval_layout(_split_index(_prepared_builder(settings), settings.eval_split),
                         settings)
   return sampler.steps_per_epoch(layout.canvas, len(settings.canvases), global_batch_size)
@@ -420,8 +406,10 @@ def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
   uninterrupted stream yields from that step on. Warns once per kind of skipped training image.
   """
   settings = data_config.settings(dataset_config)
-  process_index, process_count = _process(process_index, process_count)
-  local_batch = _check_batch_size(global_batch_size, process_count)
+  process_index, process_count = parallel.process_of(process_index, process_count,
+                                                     error=DetectionDataError)
+  local_batch = parallel.local_batch_size(global_batch_size, process_count,
+                                          error=DetectionDataError)
   if seed < 0 or start_step < 0:
     raise DetectionDataError(f"seed ({seed}) and start_step ({start_step}) must be "
                              f"non-negative.")
@@ -460,8 +448,10 @@ def create_eval_iterator(dataset_config, *, global_batch_size: int, process_inde
   Every process yields ``num_eval_batches(...)`` batches, each on one canvas.
   """
   settings = data_config.settings(dataset_config)
-  process_index, process_count = _process(process_index, process_count)
-  local_batch = _check_batch_size(global_batch_size, process_count)
+  process_index, process_count = parallel.process_of(process_index, process_count,
+                                                     error=DetectionDataError)
+  local_batch = parallel.local_batch_size(global_batch_size, process_count,
+                                          error=DetectionDataError)
   builder = _prepared_builder(settings)
   index = _split_index(builder, settings.eval_split)
   layout = _eval_layout(index, settings)
