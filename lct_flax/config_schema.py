@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 
 
 # Each task's own rules: task name -> the plain-Python module of its `RULES` and `CROSS_CHECKS`
-# (`lct_flax.tasks.register` adds a task's). A config without `task` is a classification config.
+# (`lct_flax.tasks.register` adds a task's). A config (or an export) without `task` is a
+# classification one.
 TASK_RULES = {"classification": "lct_flax.classifier_rules",
               "detection": "lct_flax.detection.config_rules"}
 DEFAULT_TASK = "classification"

@@ -1,7 +1,7 @@
 """Before you rent hardware: `python -m lct_flax.plan --config=CONFIG --target=NAME [--devices=N]
-[--json] [--scaling] [--config.KEY=VALUE ...]` compiles a run's real train and eval steps for GPUs or TPUs
-that this machine does not have, and says per device whether the step fits, how fast it can go,
-and what it needs from the host.
+[--json] [--scaling] [--config.KEY=VALUE ...]` compiles a run's real train and eval steps for GPUs
+or TPUs that this machine does not have, and says per device whether the step fits, how fast it
+can go, and what it needs from the host.
 
 Targets: `accelerators.TARGETS` (h100, h200, a100; v4, v5e, v5p, v6e), `--devices` one ordinary
 host by default (8 GPUs, v5e-8, v4-8, ...). The compiles are `deviceless`'s: the steps `train.py`
@@ -270,7 +270,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   target = accelerators.get(FLAGS.target)
   devices = accelerators.check_devices(target, FLAGS.devices)
-  config_schema.validate(FLAGS.config)   # a task's own checks import JAX: in the experiment
+  config_schema.validate(FLAGS.config)   # every task's checks, before the compilers load
   use_compile_packages()
   result = plan(FLAGS.config, config_flags.get_config_filename(FLAGS["config"]), target, devices,
                 num_classes=FLAGS.num_classes, scaling=FLAGS.scaling)

@@ -117,6 +117,7 @@ def test_the_shared_commands_never_name_a_task(path):
 
 
 def test_every_registered_task_implements_the_interface_under_its_name():
+  assert set(tasks.MODULES) == set(config_schema.TASK_RULES)
   for name in tasks.MODULES:
     task = tasks.get(name)
     assert isinstance(task, base.Task) and task.name == name

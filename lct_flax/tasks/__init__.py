@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Mapping
 
-DEFAULT = "classification"
+from lct_flax import config_schema
+
 MODULES = {"classification": "lct_flax.tasks.classification",
            "detection": "lct_flax.tasks.detection"}
 
@@ -22,7 +23,6 @@ def register(name: str, module: str, rules: str) -> None:
   """Adds (or replaces) the task `name`, implemented by `module`'s `TASK`; `rules` is the module
   of its config keys' `RULES` and `CROSS_CHECKS`, read before JAX loads (`module` itself when it
   imports no JAX at load)."""
-  from lct_flax import config_schema
   MODULES[name] = module
   config_schema.TASK_RULES[name] = rules
 
@@ -36,9 +36,9 @@ def get(name: str) -> Any:
 
 def of_config(config: Mapping[str, Any]) -> Any:
   """The task of a training config (a ConfigDict or its JSON)."""
-  return get(config.get("task") or DEFAULT)
+  return get(config.get("task") or config_schema.DEFAULT_TASK)
 
 
 def of_model_section(section: Mapping[str, Any]) -> Any:
   """The task of an export's `model` section."""
-  return get(section.get("task") or DEFAULT)
+  return get(section.get("task") or config_schema.DEFAULT_TASK)
