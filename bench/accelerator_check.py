@@ -8,7 +8,9 @@ by bench/plan_table.py): step time, images/s and peak memory (`memory_stats()`).
   python bench/accelerator_check.py --dry            # anywhere: tiny models, the same code path
   [--rows=lct_resnet50,faster_rcnn] [--steps=10]
 
-Each row builds the task's experiment on one local device, compiles `Task.compile_train_step`
+Each row runs in a process of its own (a device's peak memory is the process's so far, and the
+process that measures holds the device): it builds the task's experiment on one local device,
+compiles `Task.compile_train_step`
 (the function `train.py` runs), feeds it one synthetic batch of the plan's shapes (random pixels;
 detection: a few random boxes per image) and times `--steps` steps after one warm-up step.
 `--dry` shrinks the models and images so that a CPU runs every row in about a minute (ResNet-18
@@ -23,6 +25,8 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -131,6 +135,29 @@ def table(results: dict, plans: dict, target: str) -> str:
   return "\n".join(lines)
 
 
+def measure_row(name: str, dry: bool, steps: int) -> None:
+  """The child's part: one row measured, printed as one JSON line (with the device)."""
+  device = jax.local_devices()[0]
+  if device.platform == "cpu" and not dry:
+    raise SystemExit("error: no GPU or TPU here; run this on the machine to check, or pass --dry "
+                     "to check the script with tiny models on this CPU.")
+  _, module, real, tiny = next(row for row in ROWS if row[0] == name)
+  print(json.dumps({"device": f"{device.device_kind} ({device.platform})",
+                    **measure(module, tiny if dry else real, steps)}))
+
+
+def measured_in_child(name: str, dry: bool, steps: int) -> dict:
+  """`measure_row` in a process of its own; its one-line error, or the last line it wrote to
+  stderr, ends this one."""
+  child = subprocess.run([sys.executable, os.path.abspath(__file__), f"--row={name}",
+                          f"--steps={steps}", *(["--dry"] if dry else [])],
+                         capture_output=True, text=True)
+  if child.returncode:
+    last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+    raise SystemExit(last if last.startswith("error: ") else f"error: row {name}: {last}")
+  return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--target", default="h100", help="the plan rows to compare with")
@@ -138,19 +165,19 @@ def main():
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--rows", default="", help="comma-separated substrings: only those rows")
   parser.add_argument("--plans", default=os.path.join(REPO, "bench", "plan_results.json"))
+  parser.add_argument("--row", help=argparse.SUPPRESS)   # a child's one row
   args = parser.parse_args()
+  if args.row:
+    return measure_row(args.row, args.dry, args.steps)
   plans = json.load(open(args.plans)) if os.path.exists(args.plans) else {}
-  device = jax.local_devices()[0]
-  if device.platform == "cpu" and not args.dry:
-    raise SystemExit("error: no GPU or TPU here; run this on the machine to check, or pass --dry "
-                     "to check the script with tiny models on this CPU.")
-  print(f"{device.device_kind} ({device.platform}){', dry run' if args.dry else ''}", flush=True)
-  results = {}
   wanted = [part for part in args.rows.split(",") if part]
-  for name, module, real, dry in ROWS:
+  results = {}
+  for name, *_ in ROWS:
     if wanted and not any(part in name for part in wanted):
       continue
-    results[name] = measure(module, dry if args.dry else real, args.steps)
+    results[name] = measured_in_child(name, args.dry, args.steps)
+    if len(results) == 1:
+      print(f"{results[name]['device']}{', dry run' if args.dry else ''}", flush=True)
     print(f"{name}: {results[name]['step_seconds'] * 1e3:.1f} ms per step", flush=True)
   print(table(results, plans, args.target))
 
