@@ -1,5 +1,5 @@
 """Shared fixtures: tiny fake ILSVRC2012 tars prepared by the real tfds builder, sklearn_digits;
-one JAX compilation cache for the whole run."""
+one JAX compilation cache for the whole run; the suite's compile flags (`child_env`)."""
 
 import os
 import shutil
@@ -14,6 +14,7 @@ try:
 except ImportError:
   pass
 
+import child_env  # noqa: E402
 from lct_flax import input_pipeline  # noqa: E402  (imports TensorFlow)
 from lct_flax.datasets import fake_ilsvrc
 
@@ -32,6 +33,8 @@ def pytest_configure(config):
     os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="lct-flax-test-jax-cache-")
     config.made_compilation_cache = True
   os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_VARIABLE]
+  if child_env.COMPILE_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {child_env.COMPILE_FLAGS}"
   jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
 
 

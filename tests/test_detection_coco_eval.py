@@ -12,6 +12,7 @@ import numpy as np
 from pycocotools.coco import COCO
 import pytest
 
+from child_env import child_environment
 from coco_eval_worker import ground_truth_detections
 from lct_flax.datasets import coco_layout
 from lct_flax.detection import coco_eval
@@ -167,11 +168,10 @@ def _free_port():
 
 def test_two_processes_gather_on_process_0_and_count_every_image_once(shapes_config, tmp_path):
   address = f"127.0.0.1:{_free_port()}"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   procs = [subprocess.Popen(
       [sys.executable, WORKER, f"--data_dir={shapes_config.data_dir}", f"--output={tmp_path}",
        f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+      env=child_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:
     outputs = [p.communicate(timeout=300)[0] for p in procs]
   finally:

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from child_env import child_environment
 from configs import demo
 from lct_flax import accelerators
 from lct_flax import flops
@@ -41,17 +42,13 @@ def plan_command(*flags):
   return [sys.executable, "-m", "lct_flax.plan", *flags]
 
 
-def environment(**extra):
-  return {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **extra}
-
-
 def finished(process):
   out, err = process.communicate(timeout=900)
   return process.returncode, out, err
 
 
 def start(*flags, **env):
-  return subprocess.Popen(plan_command(*flags), cwd=REPO, env=environment(**env), text=True,
+  return subprocess.Popen(plan_command(*flags), cwd=REPO, env=child_environment(**env), text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -140,7 +137,7 @@ def test_a_tiny_detector_on_a_v5e_host_divides_its_work_over_the_chips():
 def test_bad_commands_are_refused_in_one_line_before_any_compile(flags, message):
   # Without the compilers at hand, a command that got as far as compiling would say so instead.
   result = subprocess.run(plan_command("--config=configs/demo.py", *flags), cwd=REPO,
-                          env=environment(LCT_PLAN_PACKAGES="/nonexistent"), text=True,
+                          env=child_environment(LCT_PLAN_PACKAGES="/nonexistent"), text=True,
                           capture_output=True)
   assert result.returncode in (1, 2)
   lines = result.stderr.strip().splitlines()
@@ -149,7 +146,7 @@ def test_bad_commands_are_refused_in_one_line_before_any_compile(flags, message)
 
 def test_without_the_compilers_the_plan_says_how_to_install_them():
   result = subprocess.run(plan_command(*CLASSIFIER, "--target=v5e"), cwd=REPO,
-                          env=environment(LCT_PLAN_PACKAGES="/nonexistent"), text=True,
+                          env=child_environment(LCT_PLAN_PACKAGES="/nonexistent"), text=True,
                           capture_output=True)
   assert result.returncode == 1
   assert result.stderr.strip() == (

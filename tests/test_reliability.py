@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from child_env import child_environment
 from lct_flax.tasks.classification import TASK as CLASSIFICATION
 from test_workdir_lock import dead_pid, write_lock
 from tiny import tiny_demo_config, tiny_flags
@@ -30,12 +31,6 @@ BANNERS = ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "AVX", "rebuild
 def train_command(workdir, flags, config="configs/demo.py"):
   return [sys.executable, os.path.join(REPO, "train.py"), f"--config={config}",
           f"--workdir={workdir}", *flags]
-
-
-def clean_env(**extra):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(extra)
-  return env
 
 
 _STARTED = []
@@ -57,7 +52,7 @@ class Run:
 
   def __init__(self, command, env=None):
     self.lines = []
-    self.proc = subprocess.Popen(command, cwd=REPO, env=env or clean_env(), text=True,
+    self.proc = subprocess.Popen(command, cwd=REPO, env=env or child_environment(), text=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _STARTED.append(self.proc)
     self._reader = threading.Thread(target=self._read, daemon=True)
@@ -388,7 +383,7 @@ def test_an_export_that_cannot_be_written_leaves_nothing_behind(tiny_demo_run, t
              "runpy.run_module('lct_flax.export', run_name='__main__', alter_sys=True)")
   proc = subprocess.run(  # Python ignores SIGXFSZ, so the write fails with EFBIG
       [sys.executable, "-c", limited, f"--workdir={tiny_demo_run.workdir}",
-       f"--output={tmp_path / 'digits'}"], cwd=REPO, env=clean_env(), text=True,
+       f"--output={tmp_path / 'digits'}"], cwd=REPO, env=child_environment(), text=True,
       capture_output=True, timeout=300)
   lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()
            and not l.startswith(("I1", "W1"))]
@@ -429,7 +424,7 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
                                 "8 channels in 8 groups leave 1 channel per group", None),
       "batch not divisible": (train_command(base / "g", tiny_flags(data, batch_size=33)),
                               "batch_size 33 is not divisible by the 2 devices",
-                              {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+                              {"devices": 2}),
       "missing imagenet tars": (train_command(base / "h", [
           f"--config.dataset.data_dir={base / 'empty'}"], config="configs/lct_resnet50.py"),
                                 "ILSVRC2012_img_train.tar", None),
@@ -447,7 +442,7 @@ def refusals(_prepared_digits, tiny_demo_export, tmp_path_factory):
       "bad config argument": (train_command(base / "k", [], config="configs/lct_resnet50.py:g"),
                               "config argument 'g' is neither a block", None),
   }
-  procs = {name: subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), text=True,
+  procs = {name: subprocess.Popen(cmd, cwd=REPO, env=child_environment(**(env or {})), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
            for name, (cmd, _, env) in cases.items()}
   _STARTED.extend(procs.values())

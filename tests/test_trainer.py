@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from child_env import child_environment
 from configs import demo
 from lct_flax import flops
 from lct_flax import loop
@@ -203,8 +204,7 @@ def test_config_without_a_required_key_is_refused():
 
 
 def run_workers(commands, timeout=420):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen([sys.executable, WORKER, *cmd], env=env, stdout=subprocess.PIPE,
+  procs = [subprocess.Popen([sys.executable, WORKER, *cmd], env=child_environment(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for cmd in commands]
   try:
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
