@@ -8,6 +8,10 @@ Every other instruction that is not bookkeeping (parameter, constant, bitcast, t
 get-tuple-element, ...) is one kernel (a fusion, a library call, a copy, a collective) that reads
 its operands and writes its result: the sum of those bytes estimates its HBM traffic (an upper
 bound where a GPU's L2 keeps an operand; XLA's fusions already keep what they fuse on chip).
+Two exceptions, as the kernels run: an operand that a kernel only slices is read as its slices
+(a gradient sliced out of the combined buffer of an all-reduce), and a buffer that a kernel
+updates in place (a dynamic-update-slice of one of its operands: a loop writing its output chunk
+by chunk) is neither read nor written beyond the update.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Instruction:
   operands: list[str]
   called: list[str]
   trip_count: int
+  parameter_number: int = -1
 
 
 @dataclasses.dataclass
@@ -83,8 +88,9 @@ def parse(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
       called = [c.strip().lstrip("%") for group in _CALLED.findall(rest)
                 for c in group.split(",")]
       trip = _TRIP_COUNT.search(rest)
+      number = int(arguments.rstrip(")")) if opcode == "parameter" else -1
       current.append(Instruction(name, opcode, shape_bytes(shape), _OPERAND.findall(arguments),
-                                 called, int(trip.group(1)) if trip else 1))
+                                 called, int(trip.group(1)) if trip else 1, number))
   if entry is None:
     raise ValueError("no ENTRY computation in the HLO text.")
   return computations, entry
@@ -103,6 +109,51 @@ def _executed(computations: dict, name: str, times: int) -> Iterator[tuple[Instr
       yield instruction, times, sizes
 
 
+def _through_bitcasts(instructions: list[Instruction], name: str) -> list[tuple[Instruction, int]]:
+  """(user, operand position) of every use of `name`, looking through bitcasts."""
+  uses = []
+  for user in instructions:
+    for position, operand in enumerate(user.operands):
+      if operand == name:
+        uses.extend(_through_bitcasts(instructions, user.name) if user.opcode == "bitcast"
+                    else [(user, position)])
+  return uses
+
+
+def _in_place(instructions: list[Instruction], update: Instruction) -> bool:
+  """Whether `update` (a dynamic-update-slice) updates one of its computation's parameters."""
+  by_name = {i.name: i for i in instructions}
+  buffer = by_name.get(update.operands[0])
+  while buffer is not None and buffer.opcode == "bitcast":
+    buffer = by_name.get(buffer.operands[0])
+  return buffer is not None and buffer.opcode == "parameter"
+
+
+def _moved(computations: dict, instruction: Instruction, sizes: dict) -> float:
+  """Bytes `instruction` reads and writes (the module docstring's two exceptions applied)."""
+  fused = (computations.get(instruction.called[0], [])
+           if instruction.opcode == "fusion" and instruction.called else [])
+  sliced = {}
+  for parameter in (i for i in fused if i.opcode == "parameter"):
+    uses = _through_bitcasts(fused, parameter.name)
+    if uses and all(u.opcode in ("slice", "dynamic-slice") and p == 0 for u, p in uses):
+      sliced[parameter.parameter_number] = sum(u.result_bytes for u, _ in uses)
+    elif uses and all(u.opcode == "dynamic-update-slice" and p == 0 and _in_place(fused, u)
+                      for u, p in uses):
+      sliced[parameter.parameter_number] = 0.0
+  reads = sum(sliced.get(k, sizes.get(o, 0.0)) for k, o in enumerate(instruction.operands))
+  by_name = {i.name: i for i in fused}
+  root = fused[-1] if fused else None
+  outputs = ([by_name.get(o) for o in root.operands] if root and root.opcode == "tuple"
+             else [root])
+  writes = instruction.result_bytes
+  for output in outputs:
+    if output is not None and output.opcode == "dynamic-update-slice" and _in_place(fused,
+                                                                                     output):
+      writes -= output.result_bytes - by_name[output.operands[1]].result_bytes
+  return reads + writes
+
+
 def stats(hlo_text: str) -> Stats:
   """Kernels, estimated HBM traffic and collectives of one run of a compiled program."""
   computations, entry = parse(hlo_text)
@@ -111,7 +162,7 @@ def stats(hlo_text: str) -> Stats:
     opcode = instruction.opcode.removesuffix("-start")
     if instruction.opcode in BOOKKEEPING:
       continue
-    moved = instruction.result_bytes + sum(sizes.get(o, 0.0) for o in instruction.operands)
+    moved = _moved(computations, instruction, sizes)
     result.kernels += times
     result.traffic_bytes += times * moved
     if opcode in COLLECTIVES:
