@@ -4,9 +4,13 @@ estimated images/s, and LCT's ratios to the plain ResNet on each target.
 
 Every row is one plan process whose JSON is kept in `--results` (default
 bench/plan_results.json) as soon as it ends, so an interrupted run resumes where it stopped (a
-TPU compile of ResNet-50 takes minutes on a 2-core CPU). Rows: Table 1's configs in bfloat16 at
-the paper's global batch on each of `--targets`; Table 6/7's detectors at mmdetection's
-model-zoo setting of 2 images per device. `--rows=CONFIG_SUBSTRING` keeps the matching rows.
+TPU compile of ResNet-50 takes minutes on a 2-core CPU); a row that ended in an error runs again.
+Rows: Table 1's configs in bfloat16 at the paper's global batch on each of `--targets`
+(ResNet-101's 220 rounded up to a multiple of the devices: 224 on 8); with `--detection`, Table
+6/7's detectors at mmdetection's model-zoo setting of 2 images per device, in float32 as
+mmdetection's memory column was measured, with `--scaling` (per-device work against one
+device's): every one on GPUs, one per detector type on TPUs; on GPUs the plain detectors in
+bfloat16 too (rows named "... bf16"). `--rows=CONFIG_SUBSTRING` keeps the matching rows.
 
   python bench/plan_table.py [--targets=h100,v5e,v4] [--rows=resnet50] [--detection]
 """
@@ -16,12 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import importlib
 import subprocess
 import sys
 
-from lct_flax import accelerators
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from lct_flax import accelerators  # noqa: E402
+
 TABLE1 = ("resnet50", "se_resnet50", "lct_resnet50", "resnet101", "se_resnet101",
           "lct_resnet101")
 DETECTORS = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn")
@@ -31,18 +38,25 @@ MMDET_MEMORY_GB = {"faster_rcnn": 8.0, "mask_rcnn": 9.1, "cascade_rcnn": 8.7,
 
 
 def rows(targets, detection):
-  """(key, config path, flags) of every row."""
+  """(key, config path, flags) of every row; a bfloat16 detection row's name ends in " bf16"."""
   for target in targets:
+    devices = accelerators.get(target).per_host
     for name in TABLE1:
+      paper_batch = importlib.import_module(f"configs.{name}").get_config().batch_size
+      batch = -(-paper_batch // devices) * devices
       yield (f"{name}/{target}", f"configs/{name}.py",
-             [f"--target={target}", "--config.half_precision=True"])
+             [f"--target={target}", "--config.half_precision=True",
+              f"--config.batch_size={batch}"])
     if detection:
-      for attention in ("", "se_", "lct_"):
+      tpu = accelerators.get(target).kind == accelerators.TPU
+      for attention in ("",) if tpu else ("", "se_", "lct_"):
         for detector in DETECTORS:
           name = f"{attention}{detector}_r101_fpn_1x"
-          images = 2 * accelerators.get(target).per_host
-          yield (f"{name}/{target}", f"configs/detection/{name}.py",
-                 [f"--target={target}", f"--config.batch_size={images}"])
+          flags = [f"--target={target}", f"--config.batch_size={2 * devices}", "--scaling"]
+          yield f"{name}/{target}", f"configs/detection/{name}.py", flags
+          if not attention and not tpu:
+            yield (f"{name} bf16/{target}", f"configs/detection/{name}.py",
+                   [*flags, "--config.half_precision=True"])
 
 
 def run_row(config, flags):
@@ -54,25 +68,30 @@ def run_row(config, flags):
 
 
 def table(results):
-  lines = ["| config | target | fits | peak GiB / device | est. images/s | vs plain: peak | "
-           "vs plain: HBM bytes | vs plain: kernels | vs plain: step | mmdet v1 GB | compile s |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| config | target | batch / device | fits | peak GiB / device | est. images/s | "
+           "vs plain: peak | vs plain: HBM bytes | vs plain: kernels | vs plain: step | "
+           "vs one device: bytes | mmdet v1 GB | compile s |",
+           "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for key, plan in results.items():
     name, target = key.split("/")
     if "error" in plan:
-      lines.append(f"| {name} | {target} | error: {plan['error']} | | | | | | | | |")
+      lines.append(f"| {name} | {target} | | error: {plan['error']} |" + " |" * 9)
       continue
     plain = results.get(f"{name.removeprefix('lct_').removeprefix('se_')}/{target}", {})
     ratio = lambda field: (f"{plan[field] / plain[field]:.3f}"
                            if plain.get(field) and plan.get(field) and plain is not plan else "")
     images = plan.get("est_images_per_second")
-    detector = name.removeprefix("lct_").removeprefix("se_").removesuffix("_r101_fpn_1x")
+    one_device = plan.get("one_device_bytes")
+    scaling = f"{plan['bytes_per_device'] / one_device:.3f}" if one_device else ""
+    detector = (name.removesuffix(" bf16").removeprefix("lct_").removeprefix("se_")
+                .removesuffix("_r101_fpn_1x"))
     lines.append(
-        f"| {name} | {target} | {'yes' if plan['fits'] else 'no'} | "
+        f"| {name} | {target} | {plan['per_device_batch']} | {'yes' if plan['fits'] else 'no'} | "
         f"{plan['peak_bytes_per_device'] / 2**30:.2f} | "
         f"{'' if images is None else f'{images:,.0f}'} | {ratio('peak_bytes_per_device')} | "
         f"{ratio('bytes_per_device')} | {ratio('kernels')} | {ratio('est_step_seconds')} | "
-        f"{MMDET_MEMORY_GB.get(detector, '')} | {plan.get('compile_seconds') or 0:.0f} |")
+        f"{scaling} | {MMDET_MEMORY_GB.get(detector, '')} | "
+        f"{plan.get('compile_seconds') or 0:.0f} |")
   return "\n".join(lines)
 
 
@@ -84,15 +103,16 @@ def main():
   parser.add_argument("--results", default=os.path.join(REPO, "bench", "plan_results.json"))
   args = parser.parse_args()
   results = json.load(open(args.results)) if os.path.exists(args.results) else {}
-  for key, config, flags in rows(args.targets.split(","), args.detection):
-    if args.rows not in key or key in results:
+  chosen = [row for row in rows(args.targets.split(","), args.detection) if args.rows in row[0]]
+  for key, config, flags in chosen:
+    if "error" not in results.get(key, {"error": "not run"}):
       continue
     print(f"compiling {key} ...", file=sys.stderr, flush=True)
     results[key] = run_row(config, flags)
     with open(args.results + ".tmp", "w") as f:
       json.dump(results, f, indent=1)
     os.replace(args.results + ".tmp", args.results)
-  print(table({k: v for k, v in results.items() if args.rows in k}))
+  print(table({key: results[key] for key, _, _ in chosen}))
 
 
 if __name__ == "__main__":
