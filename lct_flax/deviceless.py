@@ -8,12 +8,11 @@ on that mesh and compiles the same jitted train and eval steps, with the same sh
 `train.py` runs (`Task.compile_train_step`, `Task.compile_eval_step`): the global batch split
 over the devices, the state replicated.
 
-Per step: the compiled memory (arguments + outputs - aliased + temporaries + code: the peak the
-runtime allocates), the FLOPs (TPU: the compiled program's cost analysis; GPU, where XLA offers
-none for deviceless targets: XLA's HLO cost analysis of the same step lowered for the CPU,
-divided over the devices), the FLOPs of the unoptimised program (the count without
-rematerialisation), HBM bytes (TPU: cost analysis; GPU: `hlo_stats`' kernel traffic), kernels
-and collectives (`hlo_stats`).
+Per step: the compiled peak (`step_memory.peak_bytes`: what the runtime allocates), the FLOPs (TPU:
+the compiled program's cost analysis; GPU, where XLA offers none for deviceless targets: XLA's HLO
+cost analysis of the same step lowered for the CPU, divided over the devices), the FLOPs of the
+unoptimised program (the count without rematerialisation), HBM bytes (TPU: cost analysis; GPU:
+`hlo_stats`' kernel traffic), kernels and collectives (`hlo_stats`).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import jax
 from lct_flax import accelerators
 from lct_flax import hlo_stats
 from lct_flax import parallel
+from lct_flax import step_memory
 
 
 # The TPU compiler's refusal of a step that does not fit even rematerialised.
@@ -48,21 +48,13 @@ class DoesNotFit(Exception):
 class StepReport:
   """One compiled step, per device."""
   argument_bytes: int
-  output_bytes: int
-  alias_bytes: int
-  temp_bytes: int
-  code_bytes: int
+  peak_bytes: int              # step_memory.peak_bytes: what the runtime allocates
   flops: float                 # as compiled (GPU: the unoptimised count / devices)
   unoptimised_flops: float     # the whole step's, before partitioning and rematerialisation
   hbm_bytes: float
   kernels: int
   collectives: dict            # opcode -> (count, bytes)
   compile_seconds: float
-
-  @property
-  def peak_bytes(self) -> int:
-    return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-            + self.code_bytes)
 
 
 def target_mesh(target: accelerators.Target, devices: int) -> Any:
@@ -106,9 +98,7 @@ def compile_step(jitted: Any, args: tuple, *, kind: str, devices: int) -> StepRe
   program = hlo_stats.stats(compiled.as_text())
   cost = compiled.cost_analysis() if kind == accelerators.TPU else None
   return StepReport(
-      argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
-      alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
-      code_bytes=memory.generated_code_size_in_bytes,
+      argument_bytes=memory.argument_size_in_bytes, peak_bytes=step_memory.peak_bytes(memory),
       flops=cost["flops"] if cost else unoptimised["flops"] / devices,
       unoptimised_flops=unoptimised["flops"],
       hbm_bytes=cost["bytes accessed"] if cost else program.traffic_bytes,

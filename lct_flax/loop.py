@@ -12,6 +12,7 @@ from pretrained weights, `lct_flax.finetuning`) is the task's, supplied as `init
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from lct_flax import fileio
 from lct_flax import parallel
 from lct_flax import preemption
 from lct_flax import profiling
+from lct_flax import step_memory
 from lct_flax import workdir_lock
 from lct_flax.train_state import TrainState
 
@@ -150,6 +152,9 @@ def _train(training: Training, settings: Settings, state: TrainState, workdir: s
   total_steps, steps_per_epoch = training.total_steps, training.steps_per_epoch
   batches = input_pipeline.prefetch_to_mesh(training.train_batches(start_step),
                                             parallel.batch_sharding(training.mesh))
+  first = next(batches)
+  step_memory.log_train_step_memory(training.train_step, state, first)
+  batches = itertools.chain([first], batches)
   writer = create_metric_writer(workdir, jax.process_index() == 0)
   progress = _Progress(start_step, total_steps, settings.batch_size)
   eval_every = settings.eval_every_epochs * steps_per_epoch

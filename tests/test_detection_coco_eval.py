@@ -171,7 +171,8 @@ def test_two_processes_gather_on_process_0_and_count_every_image_once(shapes_con
   procs = [subprocess.Popen(
       [sys.executable, WORKER, f"--data_dir={shapes_config.data_dir}", f"--output={tmp_path}",
        f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-      env=child_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+      env=child_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
   try:
     outputs = [p.communicate(timeout=300)[0] for p in procs]
   finally:

@@ -204,8 +204,9 @@ def test_config_without_a_required_key_is_refused():
 
 
 def run_workers(commands, timeout=420):
-  procs = [subprocess.Popen([sys.executable, WORKER, *cmd], env=child_environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for cmd in commands]
+  procs = [subprocess.Popen([sys.executable, WORKER, *cmd], env=child_environment(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for cmd in commands]
   try:
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
   finally:
