@@ -75,7 +75,7 @@ def table(results):
   for key, plan in results.items():
     name, target = key.split("/")
     if "error" in plan:
-      lines.append(f"| {name} | {target} | | error: {plan['error']} |" + " |" * 9)
+      lines.append(f"| {name} | {target} | | {plan['error']} |" + " |" * 9)
       continue
     plain = results.get(f"{name.removeprefix('lct_').removeprefix('se_')}/{target}", {})
     ratio = lambda field: (f"{plan[field] / plain[field]:.3f}"
