@@ -12,7 +12,6 @@ from pretrained weights, `lct_flax.finetuning`) is the task's, supplied as `init
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -152,9 +151,6 @@ def _train(training: Training, settings: Settings, state: TrainState, workdir: s
   total_steps, steps_per_epoch = training.total_steps, training.steps_per_epoch
   batches = input_pipeline.prefetch_to_mesh(training.train_batches(start_step),
                                             parallel.batch_sharding(training.mesh))
-  first = next(batches)
-  step_memory.log_train_step_memory(training.train_step, state, first)
-  batches = itertools.chain([first], batches)
   writer = create_metric_writer(workdir, jax.process_index() == 0)
   progress = _Progress(start_step, total_steps, settings.batch_size)
   eval_every = settings.eval_every_epochs * steps_per_epoch
@@ -165,7 +161,10 @@ def _train(training: Training, settings: Settings, state: TrainState, workdir: s
     with preemption.PreemptionWatcher() as watcher:
       while step < total_steps and not preempted:
         profiler.step(step, wait_for=state)
-        state, metrics = training.train_step(state, next(batches))
+        batch = next(batches)
+        if step == start_step:
+          step_memory.log_train_step_memory(training.train_step, state, batch)
+        state, metrics = training.train_step(state, batch)
         step += 1
         pending_metrics.append(metrics)
         is_last = step == total_steps
