@@ -120,9 +120,9 @@ def _through_bitcasts(instructions: list[Instruction], name: str) -> list[tuple[
   return uses
 
 
-def _in_place(instructions: list[Instruction], update: Instruction) -> bool:
-  """Whether `update` (a dynamic-update-slice) updates one of its computation's parameters."""
-  by_name = {i.name: i for i in instructions}
+def _in_place(by_name: dict[str, Instruction], update: Instruction) -> bool:
+  """Whether `update` (a dynamic-update-slice) updates one of its computation's parameters;
+  `by_name` holds that computation's instructions."""
   buffer = by_name.get(update.operands[0])
   while buffer is not None and buffer.opcode == "bitcast":
     buffer = by_name.get(buffer.operands[0])
@@ -133,23 +133,23 @@ def _moved(computations: dict, instruction: Instruction, sizes: dict) -> float:
   """Bytes `instruction` reads and writes (the module docstring's two exceptions applied)."""
   fused = (computations.get(instruction.called[0], [])
            if instruction.opcode == "fusion" and instruction.called else [])
+  by_name = {i.name: i for i in fused}
   sliced = {}
   for parameter in (i for i in fused if i.opcode == "parameter"):
     uses = _through_bitcasts(fused, parameter.name)
     if uses and all(u.opcode in ("slice", "dynamic-slice") and p == 0 for u, p in uses):
       sliced[parameter.parameter_number] = sum(u.result_bytes for u, _ in uses)
-    elif uses and all(u.opcode == "dynamic-update-slice" and p == 0 and _in_place(fused, u)
+    elif uses and all(u.opcode == "dynamic-update-slice" and p == 0 and _in_place(by_name, u)
                       for u, p in uses):
       sliced[parameter.parameter_number] = 0.0
   reads = sum(sliced.get(k, sizes.get(o, 0.0)) for k, o in enumerate(instruction.operands))
-  by_name = {i.name: i for i in fused}
   root = fused[-1] if fused else None
   outputs = ([by_name.get(o) for o in root.operands] if root and root.opcode == "tuple"
              else [root])
   writes = instruction.result_bytes
   for output in outputs:
-    if output is not None and output.opcode == "dynamic-update-slice" and _in_place(fused,
-                                                                                     output):
+    if (output is not None and output.opcode == "dynamic-update-slice"
+        and _in_place(by_name, output)):
       writes -= output.result_bytes - by_name[output.operands[1]].result_bytes
   return reads + writes
 
