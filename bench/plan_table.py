@@ -18,9 +18,9 @@ bfloat16 too (rows named "... bf16"). `--rows=CONFIG_SUBSTRING` keeps the matchi
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import importlib
 import subprocess
 import sys
 
@@ -40,7 +40,8 @@ MMDET_MEMORY_GB = {"faster_rcnn": 8.0, "mask_rcnn": 9.1, "cascade_rcnn": 8.7,
 def rows(targets, detection):
   """(key, config path, flags) of every row; a bfloat16 detection row's name ends in " bf16"."""
   for target in targets:
-    devices = accelerators.get(target).per_host
+    accelerator = accelerators.get(target)
+    devices, tpu = accelerator.per_host, accelerator.kind == accelerators.TPU
     for name in TABLE1:
       paper_batch = importlib.import_module(f"configs.{name}").get_config().batch_size
       batch = -(-paper_batch // devices) * devices
@@ -48,7 +49,6 @@ def rows(targets, detection):
              [f"--target={target}", "--config.half_precision=True",
               f"--config.batch_size={batch}"])
     if detection:
-      tpu = accelerators.get(target).kind == accelerators.TPU
       for attention in ("",) if tpu else ("", "se_", "lct_"):
         for detector in DETECTORS:
           name = f"{attention}{detector}_r101_fpn_1x"

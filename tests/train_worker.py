@@ -3,16 +3,19 @@
   python tests/train_worker.py --devices=N --workdir=W --config_json='{"key": value, ...}'
       [--emulate_processes=P] [--coordinator_address=A --num_processes=P --process_id=I]
 
-The config is configs/demo.py with the dotted keys of --config_json set. XLA_FLAGS gains N host
-devices before JAX starts. With --emulate_processes=P one process consumes the global batches that
-P processes would feed (their host-local shares concatenated), for comparison with a real P-process
-run. Process 0 writes the final variables to W/final_variables.npz.
+The config is configs/demo.py with the dotted keys of --config_json set. XLA_FLAGS are the suite's
+with N host devices (`child_env`) before JAX starts. With --emulate_processes=P one process
+consumes the global batches that P processes would feed (their host-local shares concatenated),
+for comparison with a real P-process run. Process 0 writes the final variables to
+W/final_variables.npz.
 """
 
 import argparse
 import json
 import os
 import sys
+
+import child_env
 
 
 def parse_args():
@@ -29,8 +32,7 @@ def parse_args():
 
 def main():
   args = parse_args()
-  os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
-                             f"--xla_force_host_platform_device_count={args.devices}")
+  os.environ["XLA_FLAGS"] = child_env.xla_flags(args.devices)
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from absl import logging
   logging.set_verbosity(logging.INFO)  # the tests read the progress lines
