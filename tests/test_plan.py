@@ -1,6 +1,6 @@
-"""`python -m lct_flax.plan`: the real train and eval steps of a tiny classifier compiled for an
-absent H100 host and a v5e-8, and of a tiny detector for the v5e-8, whose chips each do one
-chip's work (deviceless, through the command itself); the report's figures against each other
+"""`python -m lct_flax.plan`: the real train and eval steps of a tiny classifier and a tiny detector
+compiled for an absent H100 host and a v5e-8, whose chips each do one chip's work (deviceless,
+through the command itself); the report's figures against each other
 and an independent FLOP count; an absurd batch refused with one that fits; two TPU compiles
 at once (libtpu's lock); bad commands refused in one line before any compile. Skipped without
 the compile-only packages (requirements-plan.txt; scripts/test.sh installs them)."""
@@ -110,6 +110,18 @@ def test_a_tiny_classifier_on_an_h100_host():
   assert plan["usable_bytes"] == int(0.75 * plan["device_memory_bytes"])
   assert plan["rematerialized"] is None   # the GPU compiler does not rematerialise
   assert plan["flops_per_example"] == pytest.approx(plan["unoptimised_flops_per_example"])
+
+
+@needs_compilers
+def test_a_tiny_detector_on_an_h100_host_gathers_no_image_onto_every_gpu():
+  """No collective but the gradients' and BatchNorm's all-reduces: each GPU ranks only its own
+  images' anchors (a `top_k` of a whole FPN level was all-gathered onto every GPU)."""
+  code, out, err = finished(start(*DETECTOR, "--target=h100", "--json"))
+  assert code == 0, err
+  plan = json.loads(out)
+  assert (plan["task"], plan["devices"], plan["per_device_batch"]) == ("detection", 8, 2)
+  assert_consistent(plan, accelerators.get("h100"))
+  assert set(plan["collectives"]) == {"all-reduce"}
 
 
 @needs_compilers

@@ -20,6 +20,17 @@ import jax.numpy as jnp
 from lct_flax.detection import boxes as boxes_lib
 
 
+def ranked(values: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+  """`lax.top_k(values, min(count, n))` of `values` (n,). A top_k of the whole row is taken over
+  the row and one -inf after it (last among equals, so never among the n): XLA's SPMD partitioner
+  gathers every image's row onto each device for a `top_k` with k = n (a GPU's, at least), and
+  splits one with k < n by image."""
+  n = values.shape[0]
+  if count < n:
+    return jax.lax.top_k(values, count)
+  return jax.lax.top_k(jnp.append(values, -jnp.inf), n)
+
+
 def rpn_proposals(logits: Sequence[jax.Array], deltas: Sequence[jax.Array],
                   anchors: Sequence[jax.Array], image_shape: jax.Array, *,
                   coder: boxes_lib.BoxCoder, nms_pre: int, nms_post: int, max_num: int,
@@ -42,8 +53,7 @@ def rpn_proposals(logits: Sequence[jax.Array], deltas: Sequence[jax.Array],
   k = max(min(nms_pre, a.shape[0]) for a in anchors)
   level_boxes, level_scores, level_valid = [], [], []
   for level_logits, level_deltas, level_anchors in zip(logits, deltas, anchors):
-    top_logits, top = jax.lax.top_k(level_logits.astype(jnp.float32),
-                                    min(nms_pre, level_logits.shape[0]))
+    top_logits, top = ranked(level_logits.astype(jnp.float32), nms_pre)
     decoded = coder.decode(jnp.asarray(level_anchors)[top], level_deltas[top])
     decoded = boxes_lib.clip_boxes(decoded, image_shape, coder.offset)
     valid = boxes_lib.min_size_mask(decoded, min_size, coder.offset)
@@ -70,7 +80,7 @@ def rpn_proposals(logits: Sequence[jax.Array], deltas: Sequence[jax.Array],
 
 def _top(boxes: jax.Array, scores: jax.Array, count: int):
   """The `count` best of boxes (P, 4) by score (-inf: empty), padded when P < count."""
-  best_scores, best = jax.lax.top_k(scores, min(count, scores.shape[0]))
+  best_scores, best = ranked(scores, count)
   pad = count - best.shape[0]
   valid = jnp.pad(best_scores > -jnp.inf, (0, pad))
   best_scores = jnp.where(valid, jnp.pad(best_scores, (0, pad)), 0.0)
@@ -108,7 +118,7 @@ def multiclass_nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, *,
   candidate = ((scores > score_threshold) & valid[:, None]).reshape(-1)
   candidate &= boxes_lib.min_size_mask(boxes, min_size, offset)
   flat_scores = jnp.where(candidate, scores.reshape(-1).astype(jnp.float32), -jnp.inf)
-  top_scores, top = jax.lax.top_k(flat_scores, min(max_candidates, r * k))
+  top_scores, top = ranked(flat_scores, max_candidates)
   labels = (top % k).astype(jnp.int32)
   keep, kept = boxes_lib.batched_nms(boxes[top], top_scores, labels + 1, top_scores > -jnp.inf,
                                      iou_threshold, max_output, offset=offset,
