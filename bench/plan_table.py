@@ -10,9 +10,10 @@ Rows: Table 1's configs in bfloat16 at the paper's global batch on each of `--ta
 6/7's detectors at mmdetection's model-zoo setting of 2 images per device, in float32 as
 mmdetection's memory column was measured, with `--scaling` (per-device work against one
 device's): every one on GPUs, one per detector type on TPUs; on GPUs the plain detectors in
-bfloat16 too (rows named "... bf16"). `--rows=CONFIG_SUBSTRING` keeps the matching rows.
+bfloat16 too (rows named "... bf16"). `--rows=CONFIG_SUBSTRING` keeps the matching rows;
+`--table` prints the kept results without compiling (rows not compiled yet say so).
 
-  python bench/plan_table.py [--targets=h100,v5e,v4] [--rows=resnet50] [--detection]
+  python bench/plan_table.py [--targets=h100,v5e,v4] [--rows=resnet50] [--detection] [--table]
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def run_row(config, flags):
   return json.loads(result.stdout)
 
 
+NOT_COMPILED = {"error": "not compiled yet"}
+
+
 def table(results):
   lines = ["| config | target | batch / device | fits | peak GiB / device | est. images/s | "
            "vs plain: peak | vs plain: HBM bytes | vs plain: kernels | vs plain: step | "
@@ -101,10 +105,11 @@ def main():
   parser.add_argument("--rows", default="")
   parser.add_argument("--detection", action="store_true")
   parser.add_argument("--results", default=os.path.join(REPO, "bench", "plan_results.json"))
+  parser.add_argument("--table", action="store_true", help="print the kept results only")
   args = parser.parse_args()
   results = json.load(open(args.results)) if os.path.exists(args.results) else {}
   chosen = [row for row in rows(args.targets.split(","), args.detection) if args.rows in row[0]]
-  for key, config, flags in chosen:
+  for key, config, flags in [] if args.table else chosen:
     if "error" not in results.get(key, {"error": "not run"}):
       continue
     print(f"compiling {key} ...", file=sys.stderr, flush=True)
@@ -112,7 +117,7 @@ def main():
     with open(args.results + ".tmp", "w") as f:
       json.dump(results, f, indent=1)
     os.replace(args.results + ".tmp", args.results)
-  print(table({key: results[key] for key, _, _ in chosen}))
+  print(table({key: results.get(key, NOT_COMPILED) for key, _, _ in chosen}))
 
 
 if __name__ == "__main__":

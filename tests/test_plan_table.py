@@ -1,7 +1,9 @@
 """bench/plan_table.py's rows: the paper's batches split over each target's host, the detectors at
 2 images per device with the scaling check, and the table it prints from kept results."""
 
+import json
 import os
+import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,3 +44,20 @@ def test_the_table_gives_ratios_to_plain_and_the_detectors_beside_mmdetection():
   assert lines[3] == ("| lct_mask_rcnn_r101_fpn_1x | h100 | 2 | yes | 2.00 | 100 | 2.000 | "
                       "1.000 | 1.100 | 1.000 | 1.250 | 9.1 | 5 |")
   assert lines[4].startswith("| cascade_rcnn_r101_fpn_1x | v4 | | error: no room |")
+
+
+def test_the_table_alone_compiles_nothing_and_names_the_rows_not_compiled_yet(tmp_path):
+  kept = tmp_path / "results.json"
+  kept.write_text(json.dumps({"resnet50/v5e": dict(
+      per_device_batch=32, fits=True, peak_bytes_per_device=2**31, est_images_per_second=9000.0,
+      bytes_per_device=1.0, kernels=10, est_step_seconds=1.0, compile_seconds=200.0)}))
+  before = kept.read_text()
+  result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "plan_table.py"),
+                           "--targets=v5e", "--rows=resnet50", "--table", f"--results={kept}"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "compiling" not in result.stderr and kept.read_text() == before
+  lines = result.stdout.splitlines()
+  assert lines[2] == "| resnet50 | v5e | 32 | yes | 2.00 | 9,000 |  |  |  |  |  |  | 200 |"
+  assert lines[3].startswith("| se_resnet50 | v5e | | not compiled yet |")
+  assert lines[4].startswith("| lct_resnet50 | v5e | | not compiled yet |") and len(lines) == 5
