@@ -1,9 +1,9 @@
 """`python -m lct_flax.plan`: the real train and eval steps of a tiny classifier and a tiny detector
 compiled for an absent H100 host and a v5e-8, whose chips each do one chip's work (deviceless,
-through the command itself); the report's figures against each other
-and an independent FLOP count; an absurd batch refused with one that fits; two TPU compiles
-at once (libtpu's lock); bad commands refused in one line before any compile. Skipped without
-the compile-only packages (requirements-plan.txt; scripts/test.sh installs them)."""
+through the command itself); the report's figures against each other and an independent FLOP
+count; an absurd batch refused with one that fits; two TPU compiles at once (libtpu's lock); bad
+commands refused in one line before any compile. Skipped without the compile-only packages
+(requirements-plan.txt; scripts/test.sh installs them)."""
 
 import json
 import os
