@@ -48,9 +48,9 @@ def pytest_unconfigure(config):
 # (--dist loadfile --no-loadscope-reorder), so the long ones start first and the workers finish
 # together instead of one running a long file alone at the end.
 LONGEST_FIRST = ("test_reliability.py", "test_trainer.py", "test_detection_mask_training.py",
-                 "test_plan.py", "test_detection_training.py", "test_finetune.py",
-                 "test_notebook.py", "test_extension.py", "test_detection_masks.py",
-                 "test_analysis.py", "test_legacy_stack.py")
+                 "test_plan.py", "test_plan_gpu.py", "test_detection_training.py",
+                 "test_finetune.py", "test_notebook.py", "test_extension.py",
+                 "test_detection_masks.py", "test_analysis.py", "test_legacy_stack.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,14 +1,12 @@
-"""`python -m lct_flax.plan`: the real train and eval steps of a tiny classifier and a tiny detector
-compiled for an absent H100 host and a v5e-8, whose chips each do one chip's work (deviceless,
-through the command itself); the report's figures against each other and an independent FLOP
-count; an absurd batch refused with one that fits; two TPU compiles at once (libtpu's lock); bad
-commands refused in one line before any compile. Skipped without the compile-only packages
-(requirements-plan.txt; scripts/test.sh installs them)."""
+"""`python -m lct_flax.plan` for an absent v5e-8: a tiny classifier's and a tiny detector's real
+train and eval steps compiled deviceless through the command itself, whose chips each do one
+chip's work; the report's figures against each other and an independent FLOP count; an absurd
+batch refused with one that fits; two TPU compiles at once (libtpu's lock); bad commands refused
+in one line before any compile. Skipped without the compile-only packages (requirements-plan.txt;
+scripts/test.sh installs them)."""
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
@@ -17,39 +15,8 @@ from configs import demo
 from lct_flax import accelerators
 from lct_flax import flops
 from lct_flax import model_specs
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = os.path.join(REPO, ".plan-packages")
-needs_compilers = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(PACKAGES, "libtpu")),
-    reason="the deviceless compilers are not installed: bash scripts/setup.sh --plan")
-
-# ResNet-18 (LCT) at width 1/4 on 128 px images, 1 per device: its convolutions are most of its
-# work, and little of them falls on padding, so XLA's FLOP count is close to the layer count.
-CLASSIFIER = ["--config=configs/demo.py", "--config.model.width=0.25",
-              "--config.dataset.image_size=128", "--config.dataset.resize_size=128",
-              "--config.batch_size=8"]
-SMALL_IMAGES = ["--config.dataset.image_size=64", "--config.dataset.resize_size=64"]
-DETECTOR = ["--config=configs/detection/shapes_demo.py", "--config.model.width=0.125",
-            "--config.model.fpn_channels=16", "--config.model.fc_hidden=32",
-            "--config.model.rpn_proposals_train=64", "--config.model.rpn_proposals_test=32",
-            "--config.model.rcnn_samples=32", "--config.model.max_candidates=64",
-            "--config.dataset.img_scale=(80,64)", "--config.dataset.canvases=((64,96),(96,64))",
-            "--config.batch_size=16"]
-
-
-def plan_command(*flags):
-  return [sys.executable, "-m", "lct_flax.plan", *flags]
-
-
-def finished(process):
-  out, err = process.communicate(timeout=900)
-  return process.returncode, out, err
-
-
-def start(*flags, **env):
-  return subprocess.Popen(plan_command(*flags), cwd=REPO, env=child_environment(**env), text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+from plan_commands import (CLASSIFIER, DETECTOR, REPO, assert_consistent, finished,
+                           needs_compilers, plan_command, start)
 
 
 def classifier_counts():
@@ -57,17 +24,6 @@ def classifier_counts():
   config.model.width = 0.25
   model = model_specs.ClassifierSpec.from_config(config, 10).module()
   return flops.count(model, (1, 128, 128, 3))
-
-
-def assert_consistent(plan, target):
-  assert plan["state_bytes_per_device"] <= plan["argument_bytes_per_device"]
-  assert plan["argument_bytes_per_device"] <= plan["peak_bytes_per_device"]
-  assert plan["device_memory_bytes"] == target.memory_bytes and plan["fits"]
-  step = max(plan["flops_per_example"] * plan["per_device_batch"] / target.peak_flops,
-             plan["bytes_per_device"] / target.hbm_bytes_per_second)
-  assert plan["est_step_seconds"] == pytest.approx(step, rel=1e-9)
-  assert plan["est_images_per_second"] == pytest.approx(plan["global_batch"] / step, rel=1e-9)
-  assert plan["collectives"]["all-reduce"]["count"] >= 1 and plan["kernels"] > 50
 
 
 @needs_compilers
@@ -99,29 +55,6 @@ def test_a_tiny_classifier_on_a_v5e_host_and_an_absurd_batch_compiled_at_once():
   assert refused["peak_bytes_per_device"] > refused["usable_bytes"]
   assert err.strip().splitlines()[-1].startswith("error: the step needs ")
   assert err.strip().endswith(f"--config.batch_size={largest * 8}.")
-
-
-@needs_compilers
-def test_a_tiny_classifier_on_an_h100_host():
-  code, out, err = finished(start(*CLASSIFIER, *SMALL_IMAGES, "--target=h100", "--json"))
-  assert code == 0, err
-  plan = json.loads(out)
-  assert_consistent(plan, accelerators.get("h100"))
-  assert plan["usable_bytes"] == int(0.75 * plan["device_memory_bytes"])
-  assert plan["rematerialized"] is None   # the GPU compiler does not rematerialise
-  assert plan["flops_per_example"] == pytest.approx(plan["unoptimised_flops_per_example"])
-
-
-@needs_compilers
-def test_a_tiny_detector_on_an_h100_host_gathers_no_image_onto_every_gpu():
-  """No collective but the gradients' and BatchNorm's all-reduces: each GPU ranks only its own
-  images' anchors (a `top_k` of a whole FPN level was all-gathered onto every GPU)."""
-  code, out, err = finished(start(*DETECTOR, "--target=h100", "--json"))
-  assert code == 0, err
-  plan = json.loads(out)
-  assert (plan["task"], plan["devices"], plan["per_device_batch"]) == ("detection", 8, 2)
-  assert_consistent(plan, accelerators.get("h100"))
-  assert set(plan["collectives"]) == {"all-reduce"}
 
 
 @needs_compilers
