@@ -107,7 +107,7 @@ def use_compile_packages() -> None:
   (it discovers the GPU plugin then)."""
   if not os.path.isdir(os.path.join(PACKAGES, "libtpu")):
     raise PlanError(f"the deviceless GPU and TPU compilers are not installed in {PACKAGES}; "
-                    f"run `bash scripts/setup.sh --plan` (requirements-plan.txt, about 1.2 GB).")
+                    f"run `bash scripts/setup.sh --plan` (requirements-plan.txt, about 1.3 GB).")
   if PACKAGES not in sys.path:
     sys.path.insert(0, PACKAGES)
   os.environ["JAX_PLATFORMS"] = "cpu"

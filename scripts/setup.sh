@@ -3,7 +3,7 @@
 # an editable package (pyproject.toml: `lct_flax` and `configs` importable from anywhere); does
 # nothing when .venv already holds exactly these for that Python. Run it: `bash scripts/setup.sh`.
 # With --plan it also installs requirements-plan.txt (the deviceless GPU/TPU compilers that
-# `python -m lct_flax.plan` uses, about 1.2 GB) into .plan-packages, outside the venv.
+# `python -m lct_flax.plan` uses, about 1.3 GB) into .plan-packages, outside the venv.
 # The Python is $PYTHON if set, else the first of python3.12, python3.13, python3 (and pyenv's
 # installed 3.12/3.13) that is 3.12 or 3.13.
 set -euo pipefail

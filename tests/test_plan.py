@@ -96,4 +96,4 @@ def test_without_the_compilers_the_plan_says_how_to_install_them():
   assert result.returncode == 1
   assert result.stderr.strip() == (
       "error: the deviceless GPU and TPU compilers are not installed in /nonexistent; run "
-      "`bash scripts/setup.sh --plan` (requirements-plan.txt, about 1.2 GB).")
+      "`bash scripts/setup.sh --plan` (requirements-plan.txt, about 1.3 GB).")
