@@ -21,6 +21,8 @@ needs_compilers = pytest.mark.skipif(
 CLASSIFIER = ["--config=configs/demo.py", "--config.model.width=0.25",
               "--config.dataset.image_size=128", "--config.dataset.resize_size=128",
               "--config.batch_size=8"]
+# The same on 64 px images: the TPU compiler takes half the time (62 -> 31 CPU s here); a 2x2
+# last stage puts 5% of the windows on padding, which XLA does not count.
 SMALL_IMAGES = ["--config.dataset.image_size=64", "--config.dataset.resize_size=64"]
 DETECTOR = ["--config=configs/detection/shapes_demo.py", "--config.model.width=0.125",
             "--config.model.fpn_channels=16", "--config.model.fc_hidden=32",
