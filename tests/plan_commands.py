@@ -9,11 +9,12 @@ import sys
 import pytest
 
 from child_env import child_environment
+from lct_flax import plan
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = os.path.join(REPO, ".plan-packages")
+REPO = plan.REPO
+# Where the plan looks for the compilers (LCT_PLAN_PACKAGES, which the started plans inherit).
 needs_compilers = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(PACKAGES, "libtpu")),
+    not os.path.isdir(os.path.join(plan.PACKAGES, "libtpu")),
     reason="the deviceless compilers are not installed: bash scripts/setup.sh --plan")
 
 # ResNet-18 (LCT) at width 1/4 on 128 px images, 1 per device: its convolutions are most of its

@@ -1,7 +1,7 @@
 """`python -m lct_flax.plan` for an absent 8 x H100 host: a tiny classifier's and a tiny detector's
 real train and eval steps compiled deviceless through the command itself, the report's figures
-against each other and an independent FLOP count, and no image gathered onto every GPU. Skipped without the compile-only
-packages (requirements-plan.txt; scripts/test.sh installs them)."""
+against each other and an independent FLOP count, and no image gathered onto every GPU. Skipped
+without the compile-only packages (requirements-plan.txt; scripts/test.sh installs them)."""
 
 import json
 
