@@ -68,14 +68,16 @@ def test_train_step_on_uint8_equals_the_float_input_step(tiny_state):
   assert float(metrics_u8["loss"]) > 0 and np.any(state_u8.params["fc"]["kernel"] !=
                                                    state.params["fc"]["kernel"])
   # The normalised inputs differ by at most one ulp (above) and XLA fuses the normalisation into
-  # the first convolution, which reorders float32 sums. After two steps every parameter, BatchNorm
-  # statistic, momentum buffer and metric is within 1e-5 of its leaf's largest magnitude (the
-  # differences seen are 1e-7 to 3e-6 of it: float32 rounding of sums over the batch).
+  # the first convolution, which reorders float32 sums; BatchNorm over 8 tiny images amplifies
+  # that. After two steps the largest difference seen in a leaf is 3e-6 of the leaf's largest
+  # magnitude at LLVM's default level and 1e-5 at the suite's (an AMD CPU); a normalisation
+  # with the channels' mean and std reversed, or without the std, moves some parameter by 0.7-1.3
+  # of its largest magnitude. So 1e-3 of it: far above rounding, far below a wrong normalisation.
   leaves = zip(jax.tree_util.tree_leaves_with_path((state_u8, metrics_u8)),
                jax.tree.leaves((state_f32, metrics_f32)))
   for (path, got), want in leaves:
     want = np.asarray(want)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(),
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.abs(want).max(),
                                err_msg=jax.tree_util.keystr(path))
 
 
@@ -90,5 +92,7 @@ def test_eval_step_on_uint8_equals_the_float_input_step(tiny_state):
   want = jax.jit(functools.partial(classifier_steps.eval_step, model=model))(
       state.variables, {**batch, "image": host_normalized(images)})
   assert float(got["count"]) == 5
+  # Rounding moves the summed loss by 2e-7 of itself here; a normalisation with the channels
+  # reversed moves it by 1.5e-2 of itself, one without the std by 7x.
   for key in want:
-    np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
