@@ -126,12 +126,14 @@ def flat_state(state):
 
 
 def test_demo_config_learns_digits(digits_dir, tmp_path):
-  config = tiny_demo_config(digits_dir, num_train_steps=200, model__width=0.25)
-  config.lr_decay_epochs = (6, 8)
+  # 100 steps with the learning rate decayed after epochs 1 and 2 (44 steps each), so that the
+  # run ends at a low rate and its accuracy does not swing from step to step: 91-96% seen over
+  # five seeds and two LLVM levels (chance is 10%); at the full rate to the end, 77-91%.
+  config = tiny_demo_config(digits_dir, num_train_steps=100, lr_decay_epochs=(1, 2))
   result = CLASSIFICATION.train_and_evaluate(config, str(tmp_path))
-  assert result["step"] == 200 and result["eval_count"] == 360
-  assert result["eval_top1"] >= 0.9
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["200"]
+  assert result["step"] == 100 and result["eval_count"] == 360
+  assert result["eval_top1"] >= 0.8
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["100"]
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["model"]["attention"] == "lct" and saved["dataset"]["name"] == "sklearn_digits"
