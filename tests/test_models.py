@@ -35,9 +35,15 @@ def test_table1_parameter_counts(key, expected):
   assert abs(counts.params / 1e6 - expected[0]) <= 0.01
 
 
-@pytest.mark.parametrize("name", DEPTHS)
-@pytest.mark.parametrize("attention", ATTENTIONS)
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+# Every attention in both dtypes on both kinds of block (basic: ResNet-18, bottleneck: ResNet-50);
+# the other depths differ from these only in their stages' block counts: once each, with LCT.
+FORWARD_CASES = [(name, attention, dtype) for name in ("resnet18", "resnet50")
+                 for attention in ATTENTIONS for dtype in (jnp.float32, jnp.bfloat16)] + [
+                     (name, "lct", jnp.bfloat16) for name in DEPTHS
+                     if name not in ("resnet18", "resnet50")]
+
+
+@pytest.mark.parametrize("name,attention,dtype", FORWARD_CASES)
 def test_forward_shapes_and_dtypes_every_depth_and_attention(name, attention, dtype):
   model = models.create_model(name, attention=attention, num_classes=10, dtype=dtype,
                               **attention_options(name, attention))
