@@ -134,16 +134,3 @@ def test_against_torchvision_filter_proposals_and_postprocess_detections():
   np.testing.assert_allclose(ours.boxes, expected[0][0].numpy(), rtol=1e-5, atol=1e-3)
   np.testing.assert_allclose(ours.scores, expected[1][0].numpy(), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(ours.labels) + 1, expected[2][0].numpy())
-
-
-def test_ranking_a_whole_row_gives_top_k_of_it_bitwise():
-  """`ranked` of a whole row (count >= n) equals `lax.top_k` of it: indices and value bits, ties
-  in index order, signed zeros and infinities included; count < n is `top_k` itself."""
-  rng = np.random.default_rng(0)
-  values = rng.choice(np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 0.5], np.float32), 40)
-  for count in (40, 41, 60, 17):
-    expected = jax.lax.top_k(values, min(count, 40))
-    got = jax.jit(postprocess.ranked, static_argnums=1)(values, count)
-    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
-    np.testing.assert_array_equal(np.asarray(got[0]).view(np.int32),
-                                  np.asarray(expected[0]).view(np.int32))

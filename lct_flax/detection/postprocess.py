@@ -18,17 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from lct_flax.detection import boxes as boxes_lib
-
-
-def ranked(values: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
-  """`lax.top_k(values, min(count, n))` of `values` (n,). A top_k of the whole row is taken over
-  the row and one -inf after it (last among equals, so never among the n): XLA's SPMD partitioner
-  gathers every image's row onto each device for a `top_k` with k = n (a GPU's, at least), and
-  splits one with k < n by image."""
-  n = values.shape[0]
-  if count < n:
-    return jax.lax.top_k(values, count)
-  return jax.lax.top_k(jnp.append(values, -jnp.inf), n)
+from lct_flax.detection.ranking import ranked
 
 
 def rpn_proposals(logits: Sequence[jax.Array], deltas: Sequence[jax.Array],

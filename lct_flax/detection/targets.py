@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from lct_flax.detection import boxes as boxes_lib
+from lct_flax.detection.ranking import ranked
 
 LOW_QUALITY_MATCHES = ("mmdet_v1", "torchvision", "none")
 GT_PROPOSALS = ("mmdet_v1", "torchvision", "none")
@@ -151,7 +152,7 @@ def _random_subset(key: jax.Array, eligible: jax.Array, k: int) -> jax.Array:
   """Indices of k elements in random order, the eligible ones first: the top k of iid uniform
   priorities (ineligible ones get -1), i.e. a uniform random subset without replacement."""
   priority = jnp.where(eligible, jax.random.uniform(key, eligible.shape), -1.0)
-  return jax.lax.top_k(priority, k)[1].astype(jnp.int32)
+  return ranked(priority, k)[1].astype(jnp.int32)
 
 
 class RPNTargets(NamedTuple):
