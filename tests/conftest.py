@@ -47,16 +47,16 @@ def pytest_unconfigure(config):
     shutil.rmtree(os.environ.pop(_CACHE_VARIABLE), ignore_errors=True)
 
 
-# The test files that take longest (pytest --durations on a 2-core CPU: about 460 s down to 30 s),
+# The test files that take longest (pytest --durations on a 2-core CPU: about 400 s down to 25 s),
 # longest first. scripts/test.sh hands files to its two workers in collection order
 # (--dist loadfile --no-loadscope-reorder), so the long ones start first and the workers finish
 # together instead of one running a long file alone at the end.
-LONGEST_FIRST = ("test_reliability.py", "test_trainer.py", "test_plan.py",
-                 "test_detection_training.py", "test_plan_gpu.py",
-                 "test_detection_mask_training.py", "test_models.py", "test_finetune.py",
-                 "test_notebook.py", "test_input_pipeline.py", "test_analysis.py",
-                 "test_extension.py", "test_interop.py", "test_accelerator_check.py",
-                 "test_detection_masks.py", "test_legacy_stack.py", "test_detection_interop.py")
+LONGEST_FIRST = ("test_reliability.py", "test_trainer.py", "test_detection_training.py",
+                 "test_plan.py", "test_plan_gpu.py", "test_detection_mask_training.py",
+                 "test_notebook.py", "test_finetune.py", "test_models.py", "test_analysis.py",
+                 "test_input_pipeline.py", "test_interop.py", "test_extension.py",
+                 "test_accelerator_check.py", "test_detection_masks.py", "test_legacy_stack.py",
+                 "test_detection_interop.py")
 
 
 def pytest_collection_modifyitems(items):
