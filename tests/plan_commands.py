@@ -19,9 +19,10 @@ needs_compilers = pytest.mark.skipif(
 
 # ResNet-18 (LCT) at width 1/4 on 128 px images, 1 per device: its convolutions are most of its
 # work, and little of them falls on padding, so XLA's FLOP count is close to the layer count.
-CLASSIFIER = ["--config=configs/demo.py", "--config.model.width=0.25",
-              "--config.dataset.image_size=128", "--config.dataset.resize_size=128",
-              "--config.batch_size=8"]
+CLASSIFIER_WIDTH, CLASSIFIER_IMAGE_SIZE = 0.25, 128
+CLASSIFIER = ["--config=configs/demo.py", f"--config.model.width={CLASSIFIER_WIDTH}",
+              f"--config.dataset.image_size={CLASSIFIER_IMAGE_SIZE}",
+              f"--config.dataset.resize_size={CLASSIFIER_IMAGE_SIZE}", "--config.batch_size=8"]
 # The same on 64 px images: the TPU compiler takes half the time (62 -> 31 CPU s here); a 2x2
 # last stage puts 5% of the windows on padding, which XLA does not count.
 SMALL_IMAGES = ["--config.dataset.image_size=64", "--config.dataset.resize_size=64"]

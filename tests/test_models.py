@@ -37,10 +37,10 @@ def test_table1_parameter_counts(key, expected):
 
 # Every attention in both dtypes on both kinds of block (basic: ResNet-18, bottleneck: ResNet-50);
 # the other depths differ from these only in their stages' block counts: once each, with LCT.
-FORWARD_CASES = [(name, attention, dtype) for name in ("resnet18", "resnet50")
+BLOCK_KINDS = ("resnet18", "resnet50")
+FORWARD_CASES = [(name, attention, dtype) for name in BLOCK_KINDS
                  for attention in ATTENTIONS for dtype in (jnp.float32, jnp.bfloat16)] + [
-                     (name, "lct", jnp.bfloat16) for name in DEPTHS
-                     if name not in ("resnet18", "resnet50")]
+                     (name, "lct", jnp.bfloat16) for name in DEPTHS if name not in BLOCK_KINDS]
 
 
 @pytest.mark.parametrize("name,attention,dtype", FORWARD_CASES)

@@ -11,15 +11,16 @@ from configs import demo
 from lct_flax import accelerators
 from lct_flax import flops
 from lct_flax import model_specs
-from plan_commands import (CLASSIFIER, DETECTOR, assert_consistent, finished, needs_compilers,
-                           start)
+from plan_commands import (CLASSIFIER, CLASSIFIER_IMAGE_SIZE, CLASSIFIER_WIDTH, DETECTOR,
+                           assert_consistent, finished, needs_compilers, start)
 
 
 def classifier_counts():
+  """Parameters and multiply-adds of the model CLASSIFIER compiles (the digits' 10 classes)."""
   config = demo.get_config()
-  config.model.width = 0.25
+  config.model.width = CLASSIFIER_WIDTH
   model = model_specs.ClassifierSpec.from_config(config, 10).module()
-  return flops.count(model, (1, 128, 128, 3))
+  return flops.count(model, (1, CLASSIFIER_IMAGE_SIZE, CLASSIFIER_IMAGE_SIZE, 3))
 
 
 @needs_compilers
