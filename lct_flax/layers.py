@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lct_flax import batch_norm_passes
+
 # PyTorch `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: an untruncated normal with
 # variance 2 / fan_out, as torchvision and timm initialise every convolution.
 he_fan_out_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -80,6 +82,11 @@ class BatchNorm(nn.Module):
   nor the gated output is an array of its own, so training does not keep an extra activation for
   the gradient of the gate (bench/RESULTS.md). The context's gradient is computed once, as an
   (N, C) array (`materialized_cotangent`), not inside each full-size loop of the backward pass.
+
+  The statistics and the normalisation are `batch_norm_passes.moments` and `.normalize`, whose
+  gradients are written by hand: the backward reduces the activation's cotangent once, to the
+  per-example sums every other gradient is made from, instead of once per statistic and
+  parameter (bench/RESULTS.md: 13% fewer kernels and 9% less HBM traffic in ResNet-50's step).
   """
   use_running_average: bool
   momentum: float = 0.9
@@ -96,27 +103,26 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
     running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-    xf = x.astype(jnp.float32)
-    example_means = None if gate is None else GlobalAvgPool(name="pool")(xf)
+    n = x.shape[0]
     if self.use_running_average:
-      mean, var = running_mean.value, running_var.value
+      groups, mean, var = 1, running_mean.value[None], running_var.value[None]
+      example_means = None if gate is None else GlobalAvgPool(name="pool")(x.astype(jnp.float32))
     else:
-      mean, var, count = _group_moments(xf, self.group_size, example_means)
+      groups = _groups(n, self.group_size)
+      example_means, mean, var = batch_norm_passes.moments(
+          x.astype(jnp.float32), groups, gate is not None)
       if not self.is_initializing():
-        m = self.momentum
+        m, count = self.momentum, x.size // (channels * groups)
         unbiased = var * (count / max(count - 1, 1))
         running_mean.value = m * running_mean.value + (1 - m) * jnp.mean(mean, axis=0)
         running_var.value = m * running_var.value + (1 - m) * jnp.mean(unbiased, axis=0)
-      mean, var = _expand_groups(mean, x.shape), _expand_groups(var, x.shape)
-    k = jax.lax.rsqrt(var + self.epsilon) * scale
-    if gate is None:
-      y = (xf - mean) * k + bias
-    else:
-      n = x.shape[0]
-      context = ((example_means[:, None, None, :] - mean) * k + bias).reshape(n, channels)
-      g = gate(materialized_cotangent(context)).astype(jnp.float32)[:, None, None, :]
-      y = (xf - mean) * (k * g) + bias * g
-    return y.astype(self.dtype)
+    gain = jnp.repeat(jax.lax.rsqrt(var + self.epsilon) * scale, n // groups, axis=0)
+    shift = jnp.broadcast_to(bias, gain.shape)
+    if gate is not None:
+      context = (example_means - jnp.repeat(mean, n // groups, axis=0)) * gain + bias
+      g = gate(materialized_cotangent(context)).astype(jnp.float32)
+      gain, shift = gain * g, bias * g
+    return batch_norm_passes.normalize(x, mean, gain, shift, groups).astype(self.dtype)
 
 
 @jax.custom_vjp
@@ -145,29 +151,10 @@ def _materialized_cotangent_bwd(_, cotangent: jax.Array):
 materialized_cotangent.defvjp(_materialized_cotangent_fwd, _materialized_cotangent_bwd)
 
 
-def _group_moments(x: jax.Array, group_size: int | None, example_means: jax.Array | None = None):
-  """Mean and biased variance per group of examples: shapes (num_groups, C), plus the count.
-
-  `example_means` (N, C), the spatial mean of each example, when the caller has it: the group
-  mean is then their mean (every example has the same number of positions), one pass fewer.
-  """
-  n = x.shape[0]
-  g = n if group_size is None else group_size
-  if g < 1 or n % g:
-    raise ValueError(f"BatchNorm: batch of {n} examples does not split into groups of "
+def _groups(batch: int, group_size: int | None) -> int:
+  """How many groups of `group_size` examples the batch's statistics are taken over."""
+  size = batch if group_size is None else group_size
+  if size < 1 or batch % size:
+    raise ValueError(f"BatchNorm: batch of {batch} examples does not split into groups of "
                      f"{group_size}; set bn_group_size to a divisor of the per-step batch.")
-  xg = x.reshape((n // g, -1, x.shape[-1]))
-  if example_means is None:
-    mean = jnp.mean(xg, axis=1)
-  else:
-    mean = jnp.mean(example_means.reshape((n // g, g, x.shape[-1])), axis=1)
-  var = jnp.mean(jnp.square(xg - mean[:, None, :]), axis=1)
-  return mean, var, xg.shape[1]
-
-
-def _expand_groups(stat: jax.Array, shape) -> jax.Array:
-  """(num_groups, C) -> broadcastable against the NHWC batch it was computed from."""
-  num_groups = stat.shape[0]
-  per_group = shape[0] // num_groups
-  broadcast_shape = (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],)
-  return jnp.repeat(stat, per_group, axis=0).reshape(broadcast_shape)
+  return batch // size
