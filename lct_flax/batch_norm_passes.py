@@ -1,5 +1,6 @@
-"""Training-mode BatchNorm as two functions whose gradients are written by hand: a statistics pass
-and a normalising pass, each one pass over the activation forward and backward.
+"""BatchNorm's two steps, the statistics and the normalisation, with gradients written by hand:
+the statistics' backward is one elementwise pass over the activation, the normalisation's one
+reduction and one elementwise pass.
 
 `layers.BatchNorm` computes, per group of examples (G groups of N/G; G = 1 is the whole batch),
 
@@ -80,11 +81,7 @@ def normalize(x: jax.Array, mean: jax.Array, gain: jax.Array, shift: jax.Array,
               groups: int) -> jax.Array:
   """y = (x - mean of the example's group) * gain + shift, float32: x (N, H, W, C) in any float
   dtype, mean (G, C), gain and shift (N, C)."""
-  return _normalized(x.astype(jnp.float32), mean, gain, shift, groups)
-
-
-def _normalized(x, mean, gain, shift, groups):
-  xg = _grouped(x, groups)
+  xg = _grouped(x.astype(jnp.float32), groups)
   per_example = lambda a: a.reshape(groups, -1, 1, a.shape[-1])
   y = (xg - mean[:, None, None, :]) * per_example(gain) + per_example(shift)
   return y.reshape(x.shape)
