@@ -1,4 +1,4 @@
-"""BatchNorm's hand-written training gradients against JAX's own gradients of the same expressions."""
+"""BatchNorm's hand-written training gradients against JAX's gradients of the same expressions."""
 
 import jax
 import jax.numpy as jnp
