@@ -44,11 +44,11 @@ def moments(x: jax.Array, groups: int, per_example: bool):
   positions), so the attention's context and the statistics share one reduction."""
   n, c = x.shape[0], x.shape[-1]
   xg = x.reshape(groups, -1, c)
-  example_means = jnp.mean(x, axis=(1, 2)) if per_example else None
   if per_example:
+    example_means = jnp.mean(x, axis=(1, 2))
     mean = jnp.mean(example_means.reshape(groups, n // groups, c), axis=1)
   else:
-    mean = jnp.mean(xg, axis=1)
+    example_means, mean = None, jnp.mean(xg, axis=1)
   var = jnp.mean(jnp.square(xg - mean[:, None, :]), axis=1)
   return example_means, mean, var
 
