@@ -22,6 +22,7 @@ Training (what every task's run shares)
   optimization      SGD and the learning-rate schedules of the paper
   finetuning, pretrained, freezing    init_from and frozen stages (supplied by the tasks)
   checkpointing, preemption, workdir_lock, parallel, profiling, fileio    run safety and devices
+  tensorboard_log   the run's scalars as TensorBoard event files
 Data
   input_pipeline, resampling, pixels, dataset_defaults    tfds input of the classifiers
   datasets/         our tfds builders (digits, COCO layout, generated COCO and ImageNet files)

@@ -136,30 +136,6 @@ def reporting_write_errors(*, what: str, directory: str, needed_bytes: Optional[
     raise failure from error
 
 
-class ReportingWriter:
-  """Wraps a metric writer (clu's `write_scalars`, `flush`, `close`) so that a file-system
-  failure of its writes raises WriteError about `directory`."""
-
-  def __init__(self, writer: Any, directory: str, then: str = ""):
-    self._writer, self._directory, self._then = writer, directory, then
-
-  def _reporting(self):
-    return reporting_write_errors(what="the TensorBoard log", directory=self._directory,
-                                  then=self._then)
-
-  def write_scalars(self, step: int, scalars: dict) -> None:
-    with self._reporting():
-      self._writer.write_scalars(step, scalars)
-
-  def flush(self) -> None:
-    with self._reporting():
-      self._writer.flush()
-
-  def close(self) -> None:
-    with self._reporting():
-      self._writer.close()
-
-
 def temporary_prefix(name: str) -> str:
   """Prefix of temporary files and directories made for `name` by this process: its pid and host
   tell an abandoned one (its process is gone) from one still being written."""

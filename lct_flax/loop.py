@@ -145,13 +145,13 @@ def _first_state(training: Training,
 def _train(training: Training, settings: Settings, state: TrainState, workdir: str,
            checkpointer: checkpointing.Checkpointer) -> dict:
   """Steps from `state` to the last step: logs, checkpoints, evaluations, preemption stops."""
-  from lct_flax import input_pipeline  # TensorFlow: only when training
+  from lct_flax import input_pipeline, tensorboard_log  # TensorFlow: only when training
 
   step = start_step = int(state.step)
   total_steps, steps_per_epoch = training.total_steps, training.steps_per_epoch
   batches = input_pipeline.prefetch_to_mesh(training.train_batches(start_step),
                                             parallel.batch_sharding(training.mesh))
-  writer = create_metric_writer(workdir, jax.process_index() == 0)
+  writer = tensorboard_log.ScalarLog(workdir, is_writer=jax.process_index() == 0)
   progress = _Progress(start_step, total_steps, settings.batch_size)
   eval_every = settings.eval_every_epochs * steps_per_epoch
   pending_metrics, eval_metrics, preempted = [], {}, False
@@ -257,18 +257,6 @@ def checkpointer_for(workdir: str, *, max_to_keep: int = 3,
   """The checkpoints of the run in `workdir` (read-only use: `create=False`)."""
   return checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=max_to_keep, create=create)
-
-
-def create_metric_writer(workdir: str, is_writer: bool) -> fileio.ReportingWriter:
-  """Progress to the log and (process 0) TensorBoard scalars in `workdir`. Synchronous, so that
-  a failed write (disk full) stops the run at once with one line, not a stream of errors from a
-  background thread."""
-  from clu import metric_writers  # TensorFlow
-  then = "The checkpoints are intact: free some space and run the same command to resume."
-  with fileio.reporting_write_errors(what="the TensorBoard log", directory=workdir, then=then):
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer,
-                                                  asynchronous=False)
-  return fileio.ReportingWriter(writer, workdir, then)
 
 
 def _format_duration(seconds: float) -> str:

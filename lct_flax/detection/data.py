@@ -315,9 +315,10 @@ def image_on_canvas(image_bytes, image_shape, flip, canvas):
 # Iterators: a NumPy plan says which images each step holds; the process reads their records in
 # step order and decodes them onto their canvases on a thread pool, ahead of use, in order.
 
-# Each image runs through one traced TensorFlow function (decode, resize, flip, pad); TensorFlow
-# releases the GIL while it runs, so the pool's threads work in parallel.
-_image_on_canvas = tf.function(image_on_canvas, input_signature=[
+# Each image runs through one traced TensorFlow function (decode, resize, flip, pad; graph-mode
+# code, so without AutoGraph's rewriting); TensorFlow releases the GIL while it runs, so the
+# pool's threads work in parallel.
+_image_on_canvas = tf.function(image_on_canvas, autograph=False, input_signature=[
     tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool),
     tf.TensorSpec([2], tf.int32)])
 _THREADS = os.cpu_count() or 1
