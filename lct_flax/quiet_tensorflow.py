@@ -11,10 +11,11 @@ process's stderr goes to a temporary file, and afterwards everything but the C++
 written to the real stderr. oneDNN stays on: numerics are unchanged.
 
 The same import also loads Keras 3 (`keras.src.optimizers`, to register its optimizers for
-SavedModels), a third of its time (5.4 -> 3.6 CPU s with tfds here), though no command uses Keras.
+SavedModels), a third of its time (5.4 -> 3.3 CPU s with tfds here), though no command uses Keras.
 While TensorFlow's own module runs, importing `keras` fails (TensorFlow passes over the failure);
 afterwards it works, and `tf.keras` loads Keras on first use as usual.
 """
+
 from __future__ import annotations
 
 import contextlib
