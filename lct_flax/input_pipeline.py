@@ -74,8 +74,10 @@ _UNDECODABLE = "_undecodable"
 # Parallel calls of the per-batch decode map: its iterators live for one batch, too briefly for
 # tf.data's autotuner, so use every core.
 _GROUP_PARALLELISM = os.cpu_count() or 1
-# Batches before the end of a train epoch at which the next epoch's pipeline starts.
-_OPEN_NEXT_EPOCH_AHEAD = 2
+# Batches before the end of a train epoch at which the next epoch's pipeline starts: the loop's
+# prefetch asks 2 batches ahead, and opening an epoch takes several batches' time (on the digits
+# 0.7 s, waited for at every epoch change when opened 2 ahead; bench/RESULTS.md).
+_OPEN_NEXT_EPOCH_AHEAD = 8
 
 
 def _hide_gpus_from_tensorflow():
@@ -491,14 +493,15 @@ def _train_epoch(records, settings, *, seed, epoch, num_batches, first_batch, lo
 
 
 def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step=0,
-                          process_index=None, process_count=None):
-  """Endless host-local train batches ``{"image": u8[B,H,W,3], "label": i32[B]}`` (numpy).
+                          stop_step=None, process_index=None, process_count=None):
+  """Host-local train batches ``{"image": u8[B,H,W,3], "label": i32[B]}`` (numpy) of the steps
+  from ``start_step`` up to ``stop_step`` (endless when None).
 
   ``B = global_batch_size // process_count``. Every epoch has ``steps_per_epoch`` batches on every
   process (each process's share is shuffled, then cut to that many full batches); epoch ``e`` is
   shuffled with a seed derived from ``(seed, e)``. Starting at ``start_step`` yields exactly what
-  the uninterrupted stream yields from that step on. The iterator's ``num_skipped`` counts
-  undecodable images so far.
+  the uninterrupted stream yields from that step on; no epoch past ``stop_step`` is opened. The
+  iterator's ``num_skipped`` counts undecodable images so far.
   """
   settings = _settings(dataset_config)
   process_index, process_count = parallel.process_of(process_index, process_count,
@@ -521,22 +524,34 @@ def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step
         first_batch=first_batch, local_batch=local_batch).as_numpy_iterator()
     return itertools.chain([next(iterator)], iterator)
 
-  def batches():
-    # Each epoch is its own tf.data pipeline (its seeds are Python ints); the next one is built
-    # in a background thread while the last batches of the current one are consumed, which
-    # hides its start-up (tracing, filling the shuffle buffer).
-    epoch, first_batch = divmod(start_step, num_batches)
-    with futures.ThreadPoolExecutor(1, thread_name_prefix="next_train_epoch") as pool:
-      upcoming = pool.submit(open_epoch, epoch, first_batch)
-      while True:
-        current = upcoming.result()
-        for remaining in range(num_batches - first_batch, 0, -1):
-          if remaining == min(_OPEN_NEXT_EPOCH_AHEAD, num_batches - first_batch):
-            upcoming = pool.submit(open_epoch, epoch + 1, 0)
-          yield next(current)
-        epoch, first_batch = epoch + 1, 0
+  return _SkipCountingIterator(_epochs_in_turn(open_epoch, num_batches, start_step, stop_step),
+                               f"{settings.name}:{settings.train_split}")
 
-  return _SkipCountingIterator(batches(), f"{settings.name}:{settings.train_split}")
+
+def _epochs_in_turn(open_epoch, num_batches, start_step, stop_step):
+  """The batches of the steps from ``start_step`` up to ``stop_step`` (endless when None), from
+  the iterators ``open_epoch(epoch, first_batch)`` gives.
+
+  Each epoch is its own tf.data pipeline (its seeds are Python ints). The next one is opened in
+  a background thread ``_OPEN_NEXT_EPOCH_AHEAD`` batches before it is needed, hiding its start-up
+  (tracing, filling the shuffle buffer), and only if a step of it is; a finished one is freed in
+  another, since stopping a tf.data iterator can wait seconds on its autotuning thread.
+  """
+  if stop_step is not None and stop_step <= start_step:
+    return
+  steps = itertools.count(start_step) if stop_step is None else range(start_step, stop_step)
+  with futures.ThreadPoolExecutor(1, thread_name_prefix="next_train_epoch") as opener, \
+      futures.ThreadPoolExecutor(1, thread_name_prefix="finished_train_epoch") as closer:
+    upcoming, current = opener.submit(open_epoch, *divmod(start_step, num_batches)), None
+    for step in steps:
+      epoch, batch = divmod(step, num_batches)
+      if step == start_step or batch == 0:
+        finished, current = [current], upcoming.result()
+        closer.submit(finished.clear)   # the finished iterator's last reference goes there
+        open_next_at = max(num_batches - _OPEN_NEXT_EPOCH_AHEAD, batch)
+      if batch == open_next_at and (stop_step is None or (epoch + 1) * num_batches < stop_step):
+        upcoming = opener.submit(open_epoch, epoch + 1, 0)
+      yield next(current)
 
 
 def _eval_dataset(builder, settings, share, *, num_batches, local_batch):

@@ -64,8 +64,8 @@ class Training:
 
   `identity` (JSON) is written to the workdir's model.json; a workdir holding another identity is
   refused (keys an older model.json lacks take `identity_defaults`). `train_step(state, batch)`
-  and `init_state()` are compiled over `mesh`; `train_batches(start_step)` yields host-local
-  NumPy batches of the fields `train_step` reads, from that step of the stream on;
+  and `init_state()` are compiled over `mesh`; `train_batches(start_step, stop_step)` yields
+  host-local NumPy batches of the fields `train_step` reads, those steps of the stream;
   `evaluate(state)` returns "eval_*" scalars and `describe_eval` their log line. `log_keys` are
   the train metrics (besides the loss) of the progress line. `initialize(state)`, when given,
   turns the fresh state of a new run into its first one and returns the record config.json
@@ -80,7 +80,7 @@ class Training:
   init_state: Callable[[], TrainState]
   abstract_state: Callable[[], TrainState]
   train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
-  train_batches: Callable[[int], Iterator[dict]]
+  train_batches: Callable[[int, int], Iterator[dict]]
   evaluate: Callable[[TrainState], dict]
   describe_eval: Callable[[dict], str]
   description: str
@@ -149,7 +149,7 @@ def _train(training: Training, settings: Settings, state: TrainState, workdir: s
 
   step = start_step = int(state.step)
   total_steps, steps_per_epoch = training.total_steps, training.steps_per_epoch
-  batches = input_pipeline.prefetch_to_mesh(training.train_batches(start_step),
+  batches = input_pipeline.prefetch_to_mesh(training.train_batches(start_step, total_steps),
                                             parallel.batch_sharding(training.mesh))
   writer = tensorboard_log.ScalarLog(workdir, is_writer=jax.process_index() == 0)
   progress = _Progress(start_step, total_steps, settings.batch_size)

@@ -509,6 +509,9 @@ def test_resuming_mid_epoch_matches_the_uninterrupted_stream(shapes_config, star
   resumed = _take(data.create_train_iterator(shapes_config, global_batch_size=4, seed=7,
                                              start_step=start_step), 11 - start_step)
   _assert_batches_equal(uninterrupted[start_step:], resumed)
+  bounded = list(data.create_train_iterator(shapes_config, global_batch_size=4, seed=7,
+                                            start_step=start_step, stop_step=start_step + 2))
+  _assert_batches_equal(uninterrupted[start_step:start_step + 2], bounded)
 
 
 def test_two_processes_read_disjoint_shares_of_the_same_global_batches(shapes_config):

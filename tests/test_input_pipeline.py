@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -152,6 +153,46 @@ def test_restarting_the_train_stream_matches_the_uninterrupted_one(imagenet_conf
   resumed = _take(ip.create_train_iterator(imagenet_config, global_batch_size=4, seed=7,
                                            start_step=start_step), 7 - start_step)
   _assert_batches_equal(uninterrupted[start_step:], resumed)
+
+
+@pytest.mark.parametrize("start_step, stop_step", [(2, 6), (4, 5)])
+def test_a_train_stream_with_a_stop_step_ends_there_opening_no_later_epoch(
+    imagenet_config, monkeypatch, start_step, stop_step):
+  # 3 steps per epoch: (2, 6) ends at an epoch's end, (4, 5) in the middle of one.
+  uninterrupted = _take(ip.create_train_iterator(imagenet_config, global_batch_size=4, seed=7), 6)
+  opened, open_epoch = [], ip._train_epoch
+
+  def recording_open_epoch(records, settings, *, epoch, **kwargs):
+    opened.append(epoch)
+    return open_epoch(records, settings, epoch=epoch, **kwargs)
+
+  monkeypatch.setattr(ip, "_train_epoch", recording_open_epoch)
+  bounded = list(ip.create_train_iterator(imagenet_config, global_batch_size=4, seed=7,
+                                          start_step=start_step, stop_step=stop_step))
+  _assert_batches_equal(uninterrupted[start_step:stop_step], bounded)
+  assert opened == list(range(start_step // 3, -(-stop_step // 3)))
+
+
+def test_epochs_are_opened_in_turn_and_the_finished_ones_freed_off_the_consuming_thread():
+  opened, freed = [], []
+
+  class Epoch:
+    """An epoch's batches (epoch, batch) that records where it is freed."""
+
+    def __init__(self, epoch, first_batch):
+      opened.append((epoch, first_batch))
+      self.epoch, self.batches = epoch, iter([(epoch, b) for b in range(first_batch, 5)])
+
+    def __next__(self):
+      return next(self.batches)
+
+    def __del__(self):
+      freed.append((self.epoch, threading.current_thread().name))
+
+  assert list(ip._epochs_in_turn(Epoch, 5, 3, 12)) == [divmod(s, 5) for s in range(3, 12)]
+  assert opened == [(0, 3), (1, 0), (2, 0)]
+  assert sorted(freed)[:2] == [(0, "finished_train_epoch_0"), (1, "finished_train_epoch_0")]
+  assert list(ip._epochs_in_turn(Epoch, 5, 3, 3)) == [] and len(opened) == 3
 
 
 def test_two_processes_read_disjoint_train_shares(imagenet_config, fake_ilsvrc_tars):

@@ -396,10 +396,11 @@ def _train_row(record, fields, canvas, flip, settings, with_masks: bool) -> dict
 
 
 def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
-                          start_step: int = 0, process_index=None, process_count=None,
-                          with_masks: bool = False):
-  """Endless host-local train batches (numpy; fields in the module docstring; ``masks`` with
-  ``with_masks``, as mmdetection's LoadAnnotations(with_mask=True)).
+                          start_step: int = 0, stop_step=None,
+                          process_index=None, process_count=None, with_masks: bool = False):
+  """Host-local train batches of the steps from ``start_step`` up to ``stop_step`` (endless
+  when None; numpy; fields in the module docstring; ``masks`` with ``with_masks``, as
+  mmdetection's LoadAnnotations(with_mask=True)).
 
   ``B = global_batch_size // process_count`` images per batch, all on one canvas; epoch ``e``
   is ``sampler.train_plan(..., seed=seed, epoch=e)``, and every process has
@@ -437,7 +438,8 @@ def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
 
   logging.info("%s:%s train stream from step %d (%d steps per epoch, local batch %d).",
                settings.name, settings.train_split, start_step, num_steps, local_batch)
-  return _Batches(read_step, itertools.count(start_step), local_batch)
+  steps = itertools.count(start_step) if stop_step is None else range(start_step, stop_step)
+  return _Batches(read_step, steps, local_batch)
 
 
 def create_eval_iterator(dataset_config, *, global_batch_size: int, process_index=None,

@@ -12,6 +12,7 @@ image_size, resize_size, mean, std).
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Callable, Iterator, Mapping, Optional
 
 import jax
@@ -100,11 +101,17 @@ class Classification(base.Task):
       return classifier_steps.evaluate(
           state.variables, input_pipeline.prefetch_to_mesh(batches, data_sharding), p_eval_step)
 
-    if train_batches is None:
-      train_batches = functools.partial(input_pipeline.create_train_iterator, config.dataset,
-                                        global_batch_size=config.batch_size, seed=config.seed)
+    def configured_batches(start_step, stop_step):
+      return input_pipeline.create_train_iterator(
+          config.dataset, global_batch_size=config.batch_size, seed=config.seed,
+          start_step=start_step, stop_step=stop_step)
+
+    def given_batches(start_step, stop_step):
+      return itertools.islice(train_batches(start_step=start_step), stop_step - start_step)
+
     return self.assemble_training(
-        experiment, workdir, train_batches=lambda start_step: train_batches(start_step=start_step),
+        experiment, workdir,
+        train_batches=configured_batches if train_batches is None else given_batches,
         evaluate=evaluate, describe_eval=describe_eval,
         description=f"{config.model.name} ({config.model.attention})", log_keys=("top1",))
 

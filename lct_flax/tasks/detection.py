@@ -98,10 +98,10 @@ class Detection(base.Task):
     with_masks = model.settings.with_masks
     train_keys = steps.train_keys(model)
 
-    def train_batches(start_step: int):
+    def train_batches(start_step: int, stop_step: int):
       batches = data.create_train_iterator(config.dataset, global_batch_size=config.batch_size,
                                            seed=config.seed, start_step=start_step,
-                                           with_masks=with_masks)
+                                           stop_step=stop_step, with_masks=with_masks)
       return (steps.device_batch(batch, train_keys) for batch in batches)
 
     def evaluate(state: train_state.TrainState) -> dict:
