@@ -115,10 +115,10 @@ def _time_worker(name):
   eval_batches = ip.num_eval_batches(config, batch, process_count=1)
   warmup, timed = _WARMUP.value, _TRAIN_BATCHES.value
   if name in ("ours_train", "ours_train_epochs"):
-    batches = ip.create_train_iterator(config, global_batch_size=batch, seed=0, process_count=1,
-                                       process_index=0)
     if name == "ours_train_epochs":
       warmup, timed = steps, 2 * steps  # from the second epoch's first batch, two epochs
+    batches = ip.create_train_iterator(config, global_batch_size=batch, seed=0, process_count=1,
+                                       process_index=0, stop_step=warmup + timed)
   elif name == "ours_eval":
     batches = ip.create_eval_iterator(config, global_batch_size=batch, process_count=1,
                                       process_index=0)
