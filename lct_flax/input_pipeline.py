@@ -74,10 +74,10 @@ _UNDECODABLE = "_undecodable"
 # Parallel calls of the per-batch decode map: its iterators live for one batch, too briefly for
 # tf.data's autotuner, so use every core.
 _GROUP_PARALLELISM = os.cpu_count() or 1
-# Batches before the end of a train epoch at which the next epoch's pipeline starts: the loop's
-# prefetch asks 2 batches ahead, and opening an epoch takes several batches' time (on the digits
-# 0.7 s, waited for at every epoch change when opened 2 ahead; bench/RESULTS.md).
-_OPEN_NEXT_EPOCH_AHEAD = 8
+# Batches before the end of a train epoch at which the next epoch's pipeline starts. Opened 8
+# ahead, two pipelines ran side by side long enough to halve the digits demo's training rate on
+# 2 cores for many epochs; at 2 the loop waits about 0.7 s per epoch change (bench/RESULTS.md).
+_OPEN_NEXT_EPOCH_AHEAD = 2
 
 
 def _hide_gpus_from_tensorflow():
