@@ -528,6 +528,11 @@ def create_train_iterator(dataset_config, *, global_batch_size, seed, start_step
                                f"{settings.name}:{settings.train_split}")
 
 
+def train_steps(start_step, stop_step=None):
+  """The step numbers from ``start_step`` up to ``stop_step`` (endless when None)."""
+  return itertools.count(start_step) if stop_step is None else range(start_step, stop_step)
+
+
 def _epochs_in_turn(open_epoch, num_batches, start_step, stop_step):
   """The batches of the steps from ``start_step`` up to ``stop_step`` (endless when None), from
   the iterators ``open_epoch(epoch, first_batch)`` gives.
@@ -539,7 +544,7 @@ def _epochs_in_turn(open_epoch, num_batches, start_step, stop_step):
   """
   if stop_step is not None and stop_step <= start_step:
     return
-  steps = itertools.count(start_step) if stop_step is None else range(start_step, stop_step)
+  steps = train_steps(start_step, stop_step)
   with futures.ThreadPoolExecutor(1, thread_name_prefix="next_train_epoch") as opener, \
       futures.ThreadPoolExecutor(1, thread_name_prefix="finished_train_epoch") as closer:
     upcoming, current = opener.submit(open_epoch, *divmod(start_step, num_batches)), None

@@ -50,7 +50,6 @@ import collections
 from concurrent import futures
 import dataclasses
 import functools
-import itertools
 import json
 import os
 import weakref
@@ -67,7 +66,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lct_flax import input_pipeline  # noqa: F401  (keeps TensorFlow off the accelerators)
+from lct_flax import input_pipeline  # also keeps TensorFlow off the accelerators
 from lct_flax import parallel
 from lct_flax import tfds_preparation
 from lct_flax.datasets import coco_instances
@@ -396,7 +395,7 @@ def _train_row(record, fields, canvas, flip, settings, with_masks: bool) -> dict
 
 
 def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
-                          start_step: int = 0, stop_step=None,
+                          start_step: int = 0, stop_step: int | None = None,
                           process_index=None, process_count=None, with_masks: bool = False):
   """Host-local train batches of the steps from ``start_step`` up to ``stop_step`` (endless
   when None; numpy; fields in the module docstring; ``masks`` with ``with_masks``, as
@@ -438,8 +437,7 @@ def create_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
 
   logging.info("%s:%s train stream from step %d (%d steps per epoch, local batch %d).",
                settings.name, settings.train_split, start_step, num_steps, local_batch)
-  steps = itertools.count(start_step) if stop_step is None else range(start_step, stop_step)
-  return _Batches(read_step, steps, local_batch)
+  return _Batches(read_step, input_pipeline.train_steps(start_step, stop_step), local_batch)
 
 
 def create_eval_iterator(dataset_config, *, global_batch_size: int, process_index=None,
