@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite (about 15-17 minutes on a 2-core CPU) in two worker
+# Set up, then run the whole test suite (about 15-22 minutes on a 2-core CPU) in two worker
 # processes, each running one test file at a time (so module fixtures are built once), the longest
 # files first (tests/conftest.py). Extra arguments go to pytest (e.g. -k trainer, or -n 0 for one
 # process).
